@@ -1,0 +1,3 @@
+from llmtasks._cli import run
+
+run()
