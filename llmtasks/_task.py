@@ -72,7 +72,7 @@ class Task(msgspec.Struct, frozen=True, omit_defaults=True):
         check_rules(self)
 
 
-class StrictTask(Task, forbid_unknown_fields=True):
+class StrictTask(Task, frozen=True, forbid_unknown_fields=True):
     """A task as read from user input: unknown fields are an error."""
 
 
