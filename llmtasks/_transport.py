@@ -1,0 +1,179 @@
+"""HTTP to the service, and the classification of every reply.
+
+The one question this module answers for each call is *could it have created tasks?*
+Only what certainly created nothing may be retried; a reply lost after the request left
+is ``unknown`` and must never be resent silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from llmtasks._errors import ConfigError
+
+DEFAULT_BASE_URL: Final = "https://api.dataforseo.com"
+
+RETRY_CODES: Final = frozenset({40202, 40209})
+AUTH_CODES: Final = frozenset({40100, 40101, 40104})
+FUNDS_CODES: Final = frozenset({40200, 40210, 40203})
+#: Per-task codes meaning "this task itself is bad": reject it, never resend.
+INVALID_TASK_CODES: Final = frozenset({40501, 40503})
+
+Kind = Literal["ok", "retry", "unknown", "auth", "funds", "fatal"]
+
+
+class TaskData(msgspec.Struct, frozen=True):
+    tag: str | None = None
+
+
+class TaskReply(msgspec.Struct, frozen=True):
+    status_code: int
+    id: str | None = None
+    status_message: str = ""
+    cost: float | None = None
+    data: TaskData | None = None
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    status_code: int
+    status_message: str = ""
+    cost: float | None = None
+    tasks: list[TaskReply] | None = None
+
+
+class Reply(NamedTuple):
+    kind: Kind
+    http_status: int | None
+    status_code: int | None
+    message: str
+    envelope: Envelope | None = None
+    body: bytes = b""
+
+
+_decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+
+def classify(http_status: int, body: bytes) -> Reply:
+    """Classify an HTTP reply that did arrive."""
+    try:
+        env = _decode_envelope(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        env = None
+    if env is None:
+        if http_status == 429:
+            return Reply("retry", http_status, None, "HTTP 429 Too Many Requests")
+        if http_status == 401:
+            return Reply("auth", http_status, None, "HTTP 401 Unauthorized")
+        if http_status == 402:
+            return Reply("funds", http_status, None, "HTTP 402 Payment Required")
+        if http_status == 404:
+            return Reply("fatal", http_status, None, "HTTP 404 Not Found")
+        # 5xx or a garbled 2xx: the service may have created the tasks before failing.
+        return Reply("unknown", http_status, None, f"HTTP {http_status} without an API envelope")
+    code, msg = env.status_code, env.status_message
+    if code in RETRY_CODES or http_status == 429:
+        return Reply("retry", http_status, code, msg, env)
+    if code in AUTH_CODES or http_status == 401:
+        return Reply("auth", http_status, code, msg, env)
+    if code in FUNDS_CODES or http_status == 402:
+        return Reply("funds", http_status, code, msg, env)
+    if code == 40400 or http_status == 404:
+        return Reply("fatal", http_status, code, msg, env)
+    if code >= 50000 or http_status >= 500:
+        return Reply("unknown", http_status, code, msg, env)
+    return Reply("ok", http_status, code, msg, env, body)
+
+
+def check_base_url(base_url: str, *, allow_insecure: bool = False) -> str:
+    """Refuse plain http except to loopback, and never accept credentials in the URL."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("--base-url must be an http(s) URL such as https://api.dataforseo.com")
+    if parts.username or parts.password:
+        # Do not echo the URL: it holds a secret.
+        raise ConfigError("--base-url must not contain credentials; use DATAFORSEO_LOGIN/PASSWORD")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"refusing plain http to {parts.hostname}: credentials would travel unencrypted; "
+            "use https, or pass --allow-insecure if you really mean it"
+        )
+    return base_url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Transport:
+    """An aiohttp session with Basic auth. ``post``/``get`` never raise for network trouble:
+    they return a classified ``Reply``."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        login: str,
+        password: str,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        max_connections: int = 30,
+        allow_insecure: bool = False,
+    ) -> None:
+        self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
+        self._auth = aiohttp.BasicAuth(login, password)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Transport:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            auth=self._auth,
+            timeout=self._timeout,
+            connector=connector,
+            headers={"Content-Type": "application/json"},
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, path: str, body: bytes) -> Reply:
+        return await self._call("POST", path, body)
+
+    async def get(self, path: str) -> Reply:
+        return await self._call("GET", path, None)
+
+    async def _call(self, method: str, path: str, body: bytes | None) -> Reply:
+        assert self._session is not None, "use 'async with Transport(...)'"
+        url = self.base_url + path
+        try:
+            async with self._session.request(method, url, data=body) as resp:
+                raw = await resp.read()
+                return classify(resp.status, raw)
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+            # The connection never opened: nothing reached the service.
+            return Reply("retry", None, None, f"cannot connect: {_describe(exc)}")
+        except TimeoutError:
+            return Reply("unknown", None, None, "no reply before the timeout")
+        except aiohttp.ClientError as exc:
+            return Reply("unknown", None, None, f"connection lost: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    # aiohttp's messages name host and port, never headers, so no credential can leak here.
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
