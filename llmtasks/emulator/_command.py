@@ -1,0 +1,147 @@
+"""``python -m llmtasks emulate``: run the emulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._server import Emulator
+
+_DEFAULTS = EmulatorConfig()
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "emulate",
+        help="run a local emulator of the LLM Responses API",
+        description="Run a local emulator of DataForSEO's LLM Responses task API. "
+        "Every fault is off by default.",
+    )
+    d = _DEFAULTS
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
+    p.add_argument("--login", default=d.login, help=f"Basic auth login (default {d.login!r})")
+    p.add_argument(
+        "--password", default=d.password, help=f"Basic auth password (default {d.password!r})"
+    )
+    p.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        help="task_post+task_get+models calls allowed per --period (default: no limit)",
+    )
+    p.add_argument("--period", type=float, default=d.period_s, help="rate window, seconds (60)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=d.max_in_flight,
+        help=f"simultaneous requests before 40209 (default {d.max_in_flight})",
+    )
+    p.add_argument(
+        "--tasks-ready-rate",
+        type=int,
+        default=d.tasks_ready_rate,
+        help=f"tasks_ready calls per minute (default {d.tasks_ready_rate})",
+    )
+    p.add_argument(
+        "--id-list-rate",
+        type=int,
+        default=d.id_list_rate,
+        help=f"id_list calls per minute (default {d.id_list_rate})",
+    )
+    p.add_argument(
+        "--completion-delay",
+        type=float,
+        default=d.completion_delay_s,
+        help="seconds until a created task is done (default 0)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=d.latency_ms,
+        help="added before every API answer (default 0)",
+    )
+    p.add_argument(
+        "--fail-rate",
+        type=float,
+        default=d.fail_rate,
+        help="fraction of calls answered HTTP 500, nothing created (default 0)",
+    )
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        default=d.drop_rate,
+        help="fraction of calls whose reply is dropped after creating tasks (default 0)",
+    )
+    p.add_argument(
+        "--funds-usd",
+        type=float,
+        default=d.funds_usd,
+        help="starting balance; 40210 once spent (default: unlimited)",
+    )
+    p.add_argument(
+        "--task-cost-usd",
+        type=float,
+        default=d.task_cost_usd,
+        help=f"charge per created task (default {d.task_cost_usd})",
+    )
+    p.add_argument(
+        "--spurious-401-rate",
+        type=float,
+        default=d.spurious_401_rate,
+        help="fraction of calls answered 401 despite right credentials (default 0)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for faults and ids")
+    p.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=d.record,
+        help="keep every created task and call for inspection (default on)",
+    )
+    p.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    return EmulatorConfig(
+        login=args.login,
+        password=args.password,
+        rate=args.rate,
+        period_s=args.period,
+        max_in_flight=args.max_in_flight,
+        tasks_ready_rate=args.tasks_ready_rate,
+        id_list_rate=args.id_list_rate,
+        completion_delay_s=args.completion_delay,
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        drop_rate=args.drop_rate,
+        funds_usd=args.funds_usd,
+        task_cost_usd=args.task_cost_usd,
+        spurious_401_rate=args.spurious_401_rate,
+        seed=args.seed,
+        record=args.record,
+    )
+
+
+async def serve(config: EmulatorConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Emulator(config, host=host, port=port) as emu:
+        sys.stdout.write(f"llmtasks emulator listening on {emu.base_url}\n")
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"llmtasks emulate: error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config, args.host, args.port))
+    return 0

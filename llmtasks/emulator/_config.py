@@ -1,0 +1,52 @@
+"""The emulator's settings. Every fault is off by default: a default emulator is a well-behaved
+service with no call limit, so tests opt into exactly the misbehaviour they exercise."""
+
+from __future__ import annotations
+
+import msgspec
+
+DEFAULT_LOGIN = "login"
+DEFAULT_PASSWORD = "password"
+
+
+class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of one emulator. Rates are calls per window; ``None`` means no limit."""
+
+    login: str = DEFAULT_LOGIN
+    password: str = DEFAULT_PASSWORD
+    # task_post + task_get + models calls admitted per sliding window of period_s seconds.
+    rate: int | None = None
+    period_s: float = 60.0
+    # Authenticated requests being served at once; the one over the cap gets 40209.
+    max_in_flight: int = 30
+    # Their own documented limits, per sliding 60 s.
+    tasks_ready_rate: int | None = 20
+    id_list_rate: int | None = 10
+    completion_delay_s: float = 0.0
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    funds_usd: float | None = None
+    task_cost_usd: float = 0.0102
+    spurious_401_rate: float = 0.0
+    seed: int | None = None
+    # False keeps only counters: no created/calls lists and no task store (so no tasks_ready,
+    # task_get or id_list results), which is what a 10-million-line benchmark needs.
+    record: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.rate < 1:
+            raise ValueError("rate must be >= 1 or None")
+        if self.period_s <= 0:
+            raise ValueError("period_s must be > 0")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        for name in ("fail_rate", "drop_rate", "spurious_401_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
+        for name in ("completion_delay_s", "latency_ms", "task_cost_usd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.funds_usd is not None and self.funds_usd < 0:
+            raise ValueError("funds_usd must be >= 0 or None")

@@ -1,0 +1,203 @@
+"""What the emulator remembers: created tasks, their life cycle, calls, windows and money.
+
+Everything here is synchronous: handlers mutate state between awaits, so no locks are needed.
+Nothing is scheduled per task; a task's completion time is fixed at creation and readiness is
+worked out lazily from a creation-ordered deque, which scales to millions of tasks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from llmtasks.emulator._config import EmulatorConfig
+
+# Any odd multiplier is a bijection on 48-bit integers: ids stay unique yet look random.
+_MIX48 = 0x9E3779B97F4B
+_MASK48 = (1 << 48) - 1
+_MIX64 = 0xBF58476D1CE4E5B9
+_MASK64 = (1 << 64) - 1
+
+
+class CreatedTask(msgspec.Struct, frozen=True):
+    """One task the emulator created (status 20100), in creation order."""
+
+    id: str
+    engine: str
+    tag: str | None
+    user_prompt: str
+    model_name: str
+    posted_at: float  # unix seconds
+    data: dict[str, Any]  # the ``data`` echo of task_post: api, function, se and the fields sent
+    cost_usd: float = 0.0
+
+
+class CallRecord(msgspec.Struct, frozen=True):
+    """One API call as the server saw it. ``at`` is ``time.monotonic()`` at arrival."""
+
+    at: float
+    at_wall: float
+    method: str
+    path: str
+    http_status: int  # 0 when the reply was dropped
+    status_code: int | None  # None when the reply had no envelope (HTTP 500 fault)
+    tasks_created: int
+    dropped: bool = False
+
+
+class SlidingWindow:
+    """At most ``limit`` admitted events in any window of ``period_s`` seconds."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def admit(self, now: float, limit: int | None, period_s: float) -> bool:
+        if limit is None:
+            return True
+        times = self._times
+        horizon = now - period_s
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) >= limit:
+            return False
+        times.append(now)
+        return True
+
+
+class IdMaker:
+    """Ids in the documented shape ``MMDDHHMM-XXXX-XXXX-0000-xxxxxxxxxxxx``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._counter = rng.getrandbits(48)
+        self._minute = -1
+        self._prefix = ""
+
+    def prefix(self, unix_s: float) -> str:
+        minute = int(unix_s // 60)
+        if minute != self._minute:
+            self._minute = minute
+            self._prefix = time.strftime("%m%d%H%M", time.gmtime(unix_s))
+        return self._prefix
+
+    def make(self, prefix: str) -> str:
+        n = self._counter = (self._counter + 1) & _MASK48
+        mixed = (n * _MIX64) & _MASK64
+        return (
+            f"{prefix}-{mixed % 10000:04d}-{(mixed >> 20) % 10000:04d}-0000-"
+            f"{(n * _MIX48) & _MASK48:012x}"
+        )
+
+
+class Store:
+    """Created tasks and their life cycle; only kept when ``record`` is on."""
+
+    def __init__(self) -> None:
+        self.created: list[CreatedTask] = []
+        self._done_mono: list[float] = []
+        self._index: dict[str, int] = {}
+        # Per engine: indexes not yet done (creation order) and ids done but not collected.
+        self._pending: dict[str, deque[int]] = {}
+        self._ready: dict[str, dict[str, int]] = {}
+
+    def add(self, task: CreatedTask, done_mono: float) -> None:
+        index = len(self.created)
+        self.created.append(task)
+        self._done_mono.append(done_mono)
+        self._index[task.id] = index
+        pending = self._pending.get(task.engine)
+        if pending is None:
+            pending = self._pending[task.engine] = deque()
+            self._ready[task.engine] = {}
+        pending.append(index)
+
+    def _advance(self, engine: str, now_mono: float) -> dict[str, int]:
+        ready = self._ready.get(engine)
+        if ready is None:
+            return {}
+        pending = self._pending[engine]
+        done = self._done_mono
+        created = self.created
+        while pending and done[pending[0]] <= now_mono:
+            index = pending.popleft()
+            ready[created[index].id] = index
+        return ready
+
+    def ready(self, engine: str, now_mono: float, limit: int) -> list[CreatedTask]:
+        ready = self._advance(engine, now_mono)
+        out: list[CreatedTask] = []
+        for index in ready.values():
+            if len(out) >= limit:
+                break
+            out.append(self.created[index])
+        return out
+
+    def lookup(self, task_id: str) -> tuple[CreatedTask, float] | None:
+        index = self._index.get(task_id)
+        if index is None:
+            return None
+        return self.created[index], self._done_mono[index]
+
+    def collect(self, task: CreatedTask, now_mono: float) -> None:
+        """task_get fetched a done task: it leaves tasks_ready for good."""
+        self._advance(task.engine, now_mono).pop(task.id, None)
+
+    def complete_all(self) -> None:
+        for engine, pending in self._pending.items():
+            ready = self._ready[engine]
+            while pending:
+                index = pending.popleft()
+                self._done_mono[index] = min(self._done_mono[index], time.monotonic())
+                ready[self.created[index].id] = index
+
+    def posted_between(self, from_unix: float, to_unix: float) -> list[int]:
+        """Indexes of tasks posted within [from, to] at whole-second precision, in order."""
+        import bisect
+
+        created = self.created
+        lo = bisect.bisect_left(created, from_unix, key=lambda c: c.posted_at)
+        hi = bisect.bisect_left(created, to_unix + 1.0, key=lambda c: c.posted_at)
+        return list(range(lo, hi))
+
+    def done_mono(self, index: int) -> float:
+        return self._done_mono[index]
+
+
+class Clock:
+    """Wall time derived from the monotonic clock, so creation order is also time order."""
+
+    def __init__(self) -> None:
+        self._mono0 = time.monotonic()
+        self._wall0 = time.time()
+
+    def wall(self, mono: float) -> float:
+        return self._wall0 + (mono - self._mono0)
+
+    def mono(self, wall: float) -> float:
+        return self._mono0 + (wall - self._wall0)
+
+
+class Money:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.funds_usd: float | None = config.funds_usd
+        self.spent_usd = 0.0
+
+    @property
+    def balance_usd(self) -> float | None:
+        if self.funds_usd is None:
+            return None
+        return round(self.funds_usd - self.spent_usd, 6)
+
+    def can_pay(self, cost: float) -> bool:
+        balance = self.balance_usd
+        return balance is None or cost <= balance + 1e-9
+
+    def pay(self, cost: float) -> None:
+        self.spent_usd += cost
+
+    def set_funds(self, funds_usd: float | None) -> None:
+        """Reconfiguring funds sets the balance to the new amount."""
+        self.funds_usd = None if funds_usd is None else funds_usd + self.spent_usd

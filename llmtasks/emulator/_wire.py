@@ -1,0 +1,103 @@
+"""The response envelope of every endpoint, encoded with msgspec Structs.
+
+Field order and types follow the documentation example exactly; ``tasks`` is ``null`` on a
+whole-call error. Per-task ``data`` and ``path`` are often pre-encoded ``msgspec.Raw`` so the
+hot path (task_post) copies bytes instead of building dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import msgspec
+
+VERSION: Final = "0.1.20250526"
+API: Final = "ai_optimization"
+FUNCTION: Final = "llm_responses"
+
+OK: Final = (20000, "Ok.")
+CREATED: Final = (20100, "Task Created.")
+TOO_MANY_TASKS: Final = (40006, "You can set only 100 tasks at a time.")
+NOT_AUTHORIZED: Final = (40100, "You are not authorized to access this resource.")
+BALANCE_TOO_LOW: Final = (40210, "Balance is too low.")
+RATE_LIMITED: Final = (40202, "Rate-limit is exceeded. Please slow down.")
+TOO_MANY_AT_ONCE: Final = (40209, "Too many simultaneous requests.")
+NOT_FOUND: Final = (40400, "Not Found.")
+INVALID_FIELD: Final = 40501
+INVALID_POST: Final = (40503, "Invalid POST data.")
+TASK_HANDED: Final = (40601, "Task Handed.")
+TASK_IN_QUEUE: Final = (40602, "Task in Queue.")
+
+
+class TaskOut(msgspec.Struct):
+    id: str
+    status_code: int
+    status_message: str
+    time: str
+    cost: float
+    result_count: int
+    path: Any
+    data: Any
+    result: Any
+
+
+class Envelope(msgspec.Struct):
+    version: str
+    status_code: int
+    status_message: str
+    time: str
+    cost: float
+    tasks_count: int
+    tasks_error: int
+    tasks: list[TaskOut] | None
+
+
+encoder: Final = msgspec.json.Encoder()
+
+
+def seconds(elapsed_s: float) -> str:
+    return f"{elapsed_s:.4f} sec."
+
+
+def envelope(
+    code: tuple[int, str], started: float, tasks: list[TaskOut] | None = None, cost: float = 0.0
+) -> bytes:
+    errors = 0 if tasks is None else sum(1 for t in tasks if t.status_code >= 40000)
+    return encoder.encode(
+        Envelope(
+            version=VERSION,
+            status_code=code[0],
+            status_message=code[1],
+            time=seconds(time.perf_counter() - started),
+            cost=cost,
+            tasks_count=0 if tasks is None else len(tasks),
+            tasks_error=errors,
+            tasks=tasks,
+        )
+    )
+
+
+def data_prefix(se: str) -> bytes:
+    """The start of a task_post ``data`` object, to which the task's own fields are appended."""
+    return encoder.encode({"api": API, "function": FUNCTION, "se": se})[:-1]
+
+
+def with_prefix(prefix: bytes, encoded_object: bytes) -> msgspec.Raw:
+    """Join ``{"api":..,"se":..`` and an encoded object ``{...}`` into one object."""
+    if encoded_object == b"{}":
+        return msgspec.Raw(prefix + b"}")
+    return msgspec.Raw(prefix + b"," + encoded_object[1:])
+
+
+def utc_datetime(unix_s: float) -> str:
+    """The service's datetime format: ``2026-11-25 10:00:00 +00:00``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S +00:00", time.gmtime(unix_s))
+
+
+def path_of(*parts: str) -> list[str]:
+    return ["v3", *parts]
+
+
+def to_data(se: str, fields: dict[str, Any], function: str = FUNCTION) -> dict[str, Any]:
+    return {"api": API, "function": function, "se": se, **fields}
