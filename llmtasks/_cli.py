@@ -1,15 +1,47 @@
-"""Command line: ``python -m llmtasks COMMAND``. ``main(argv)`` returns the exit status."""
+"""Command line: ``python -m llmtasks COMMAND``. ``main(argv)`` returns the exit status.
+
+Exit status: 0 every line created (blank lines skipped); 1 the run finished but some lines
+were rejected, failed, unknown or left pending; 2 usage, configuration, credentials or
+unreadable input; 3 no funds (40200/40210/40203 or --max-cost-usd spent); 4 the service
+refused the call (bad path); 130 interrupted (in-flight calls drained and recorded first).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from llmtasks._errors import LlmtasksError
+from llmtasks._errors import ConfigError, InputError, LlmtasksError
 from llmtasks._version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+log = logging.getLogger("llmtasks")
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_INTERRUPTED = 130
+LOGIN_ENV = "DATAFORSEO_LOGIN"
+PASSWORD_ENV = "DATAFORSEO_PASSWORD"
+BASE_URL_ENV = "LLMTASKS_BASE_URL"
+
+SUBMIT_EPILOG = """\
+examples:
+  llmtasks submit prompts.jsonl --emulate            try it against the built-in emulator
+  llmtasks submit prompts.txt --model gpt-4.1-mini   one prompt per line
+  cat prompts.jsonl | llmtasks submit - --ledger run.sqlite
+  llmtasks submit prompts.csv --dry-run              validate, count, show the worst-case cost
+
+credentials come from DATAFORSEO_LOGIN and DATAFORSEO_PASSWORD (never from the command line).
+re-running the same command with the same ledger sends only what is still pending.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,15 +51,129 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llmtasks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_submit(sub)
     from llmtasks.emulator import _command as emulate_command
 
     emulate_command.register(sub)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+
+def _add_submit(sub: Any) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="submit the prompts of a file (or stdin) as tasks",
+        description="Validate, batch and submit every line of INPUT under the rate limit, "
+        "recording the outcome of each line in a ledger.",
+        epilog=SUBMIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "input", metavar="INPUT", help="a .jsonl/.ndjson, .csv or .txt file, or - for stdin"
+    )
+    p.add_argument(
+        "--format", choices=("jsonl", "csv", "text"), help="default: from the suffix; stdin: jsonl"
+    )
+    p.add_argument("--engine", choices=("chat_gpt", "claude", "gemini"), default="chat_gpt")
+    p.add_argument("--model", help="model_name for tasks that do not name one")
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get(BASE_URL_ENV, "https://api.dataforseo.com"),
+        help=f"service URL (env {BASE_URL_ENV}; default https://api.dataforseo.com)",
+    )
+    p.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow a plain-http base URL that is not loopback",
+    )
+    p.add_argument(
+        "--rate", type=_positive_int, default=2000, help="calls per period (default 2000)"
+    )
+    p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
+    p.add_argument(
+        "--margin", type=float, help="seconds added to the period for safety (default 1%% of it)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        help="simultaneous calls, at most 30 (default: enough for the rate)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=100, help="tasks per call, 1..100 (default 100)"
+    )
+    p.add_argument("--ledger", help="SQLite ledger (default: INPUT.ledger.sqlite)")
+    p.add_argument(
+        "--receipts", help="JSONL, one line per input line (default: INPUT.receipts.jsonl)"
+    )
+    p.add_argument(
+        "--rejects",
+        help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        help="seconds to wait for a reply (default 60)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=8,
+        help="tries of a call that certainly created nothing (default 8)",
+    )
+    p.add_argument("--max-cost-usd", type=float, help="never let this run's charges exceed this")
+    p.add_argument(
+        "--max-task-cost-usd",
+        type=float,
+        default=0.0102,
+        help="worst case per task for budgets and --dry-run (default 0.0102)",
+    )
+    p.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="resend lines whose earlier call got no reply: may pay twice",
+    )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the free account check before the first call",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and validate everything, print counts and the worst-case cost, send nothing",
+    )
+    p.add_argument(
+        "--emulate",
+        action="store_true",
+        help="start the built-in emulator in-process and submit to it",
+    )
+    _add_common(p)
+    p.set_defaults(handler=cmd_submit)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -35,8 +181,230 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmtasks: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        print("llmtasks: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def run() -> None:
     sys.exit(main())
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"llmtasks: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+def _default_path(source: str, suffix: str) -> str:
+    base = "stdin" if source == "-" else source
+    return f"{base}.{suffix}"
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str]:
+    login = os.environ.get(LOGIN_ENV, "")
+    password = os.environ.get(PASSWORD_ENV, "")
+    if not login or not password:
+        raise ConfigError(
+            f"no credentials: set {LOGIN_ENV} and {PASSWORD_ENV} (the API login and password "
+            "from https://app.dataforseo.com/api-access), or use --emulate to try the emulator"
+        )
+    return login, password
+
+
+def _check_input(source: str) -> None:
+    if source == "-":
+        return
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{source}: no such file")
+    if path.is_dir():
+        raise InputError(f"{source}: is a directory")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{source}: permission denied")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.batch_size > 100:
+        raise ConfigError(
+            "--batch-size must be 1..100 (the service refuses more than 100 per call)"
+        )
+    if args.concurrency is not None and args.concurrency > 30:
+        raise ConfigError("--concurrency must be at most 30 (the service allows 30 per account)")
+    if args.dry_run:
+        _check_input(args.input)
+        return _dry_run(args)
+    credentials = ("", "") if args.emulate else _credentials(args)
+    _check_input(args.input)
+    return asyncio.run(_submit(args, credentials))
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from llmtasks._input import detect_format, read_lines
+
+    fmt = detect_format(args.input, args.format)
+    counts = {"valid": 0, "rejected": 0, "skipped": 0}
+    shown = 0
+    for il in read_lines(args.input, fmt=fmt, default_model=args.model):
+        if il.skipped:
+            counts["skipped"] += 1
+        elif il.task is None:
+            counts["rejected"] += 1
+            if shown < 20:
+                where = f" field {il.field}:" if il.field else ""
+                print(f"{args.input}:{il.line}:{where} {il.reason}", file=sys.stderr)
+                shown += 1
+        else:
+            counts["valid"] += 1
+    lines = sum(counts.values())
+    calls = -(-counts["valid"] // args.batch_size)
+    worst = counts["valid"] * args.max_task_cost_usd
+    minutes = calls / args.rate * args.period / 60
+    print(
+        f"llmtasks: dry run of {args.input}: {lines} lines, {counts['valid']} valid, "
+        f"{counts['rejected']} rejected, {counts['skipped']} blank; "
+        f"{calls} calls (at least {minutes:.1f} min at {args.rate} per {args.period:g} s); "
+        f"worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} per task; nothing sent",
+        file=sys.stderr,
+    )
+    return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
+
+
+def _count_lines(source: str) -> int | None:
+    if source == "-":
+        return None
+    n = 0
+    with open(source, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+@contextlib.asynccontextmanager
+async def _service(
+    args: argparse.Namespace, credentials: tuple[str, str]
+) -> AsyncIterator[tuple[str, str, str]]:
+    """Yield (base_url, login, password): the real service, or an in-process emulator."""
+    if not args.emulate:
+        yield args.base_url, credentials[0], credentials[1]
+        return
+    from llmtasks.emulator import Emulator, EmulatorConfig
+
+    config = EmulatorConfig(rate=args.rate, period_s=args.period, max_in_flight=30)
+    async with Emulator(config) as emu:
+        log.info("emulator listening on %s", emu.base_url)
+        yield emu.base_url, config.login, config.password
+
+
+async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int:
+    from llmtasks._input import detect_format, read_lines
+    from llmtasks._outputs import write_jsonl
+    from llmtasks._submit import Submitter
+
+    fmt = detect_format(args.input, args.format)
+    ledger_path = args.ledger or _default_path(args.input, "ledger.sqlite")
+    receipts_path = args.receipts or _default_path(args.input, "receipts.jsonl")
+    rejects_path = args.rejects or _default_path(args.input, "rejects.jsonl")
+    loop = asyncio.get_running_loop()
+    stop_error: LlmtasksError | None = None
+    async with _service(args, credentials) as (base_url, login, password):
+        submitter = Submitter(
+            login=login,
+            password=password,
+            engine=args.engine,
+            base_url=base_url,
+            rate=args.rate,
+            period_s=args.period,
+            margin_s=args.margin,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            ledger=ledger_path,
+            input_name=args.input,
+            default_model=args.model,
+            timeout_s=args.timeout,
+            max_attempts=args.max_attempts,
+            max_cost_usd=args.max_cost_usd,
+            max_task_cost_usd=args.max_task_cost_usd,
+            resend_unknown=args.resend_unknown,
+            allow_insecure=args.allow_insecure,
+        )
+        async with submitter:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _on_signal, submitter)
+            try:
+                if not args.no_preflight:
+                    await submitter.preflight(tasks_hint=_count_lines(args.input))
+                lines = read_lines(args.input, fmt=fmt, default_model=args.model)
+                async for _ in submitter.submit_lines(lines):
+                    pass
+            except LlmtasksError as exc:
+                stop_error = exc
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            ledger = submitter.ledger
+            assert ledger is not None
+            write_jsonl(receipts_path, ledger)
+            n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"})
+            counts = ledger.counts()
+            _summary(args, submitter, counts, receipts_path, rejects_path, n_rejects)
+    if stop_error is not None:
+        raise stop_error
+    if submitter.interrupted:
+        print("llmtasks: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    unfinished = sum(n for state, n in counts.items() if state not in ("created", "skipped"))
+    return EXIT_OK if unfinished == 0 else EXIT_INCOMPLETE
+
+
+def _on_signal(submitter: Any) -> None:
+    if submitter.interrupted:
+        # A second Ctrl-C: the user means it. In-flight calls are lost to 'unknown' on resume.
+        raise KeyboardInterrupt
+    print(
+        "llmtasks: stopping: finishing the calls in flight (Ctrl-C again to abort)", file=sys.stderr
+    )
+    submitter.stop()
+
+
+def _summary(
+    args: argparse.Namespace,
+    submitter: Any,
+    counts: dict[str, int],
+    receipts_path: str,
+    rejects_path: str,
+    n_rejects: int,
+) -> None:
+    s = submitter.stats
+    total = sum(counts.values())
+    parts = [
+        f"{counts.get(k, 0)} {k}" for k in ("created", "rejected", "failed", "unknown", "pending")
+    ]
+    if counts.get("skipped"):
+        parts.append(f"{counts['skipped']} blank")
+    earlier = f" ({s.already_done} done by earlier runs)" if s.already_done else ""
+    print(
+        f"llmtasks: {s.lines_read} lines read{earlier}; ledger holds {total}: {', '.join(parts)}\n"
+        f"llmtasks: {s.calls} calls ({s.retries} retried) in {s.elapsed_s:.1f} s = "
+        f"{s.calls_per_minute:.0f} calls/min (limit {args.rate} per {args.period:g} s); "
+        f"cost reported by the service ${s.cost_usd:.4f}\n"
+        f"llmtasks: receipts in {receipts_path}"
+        + (f", {n_rejects} rejects in {rejects_path}" if n_rejects else ""),
+        file=sys.stderr,
+    )
+    if counts.get("unknown"):
+        print(
+            f"llmtasks: {counts['unknown']} line(s) unknown (sent, no reply): run "
+            f"'llmtasks reconcile --ledger {submitter.ledger.path}' before sending them again",
+            file=sys.stderr,
+        )

@@ -33,6 +33,9 @@ class ChainMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message: Text500
 
 
+Chain = Annotated[list[ChainMessage], msgspec.Meta(max_length=CHAIN_MAX_ITEMS)]
+
+
 class TaskRuleError(ValueError):
     """A rule between fields was broken; ``field`` names the field to blame."""
 
@@ -59,7 +62,7 @@ class Task(msgspec.Struct, frozen=True, omit_defaults=True):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     system_message: Text500 | None = None
-    message_chain: Annotated[list[ChainMessage], msgspec.Meta(max_length=CHAIN_MAX_ITEMS)] | None = None
+    message_chain: Chain | None = None
     web_search: bool | None = None
     force_web_search: bool | None = None
     web_search_country_iso_code: str | None = None

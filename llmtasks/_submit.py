@@ -1,0 +1,685 @@
+"""The submit pipeline: input lines → ledger → batches → rate-limited POSTs → outcomes.
+
+One producer reads input in chunks (in a worker thread, so a slow stdin never blocks the
+loop), records every line in the ledger and fills a bounded queue of batches; N senders
+take a rate-limit token and a concurrency slot, write the batch as ``sending``, POST it and
+record what the service said. Receipts flow out as calls complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from llmtasks._errors import (
+    AuthError,
+    ConfigError,
+    FundsError,
+    InputError,
+    LlmtasksError,
+    ServiceError,
+)
+from llmtasks._input import InputLine
+from llmtasks._ledger import Ledger, NewLine, Outcome
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
+from llmtasks._receipt import Receipt
+from llmtasks._task import (
+    ENGINES,
+    MAX_TASKS_PER_POST,
+    Task,
+    TaskRuleError,
+    check_rules,
+    decode_task,
+    explain,
+)
+from llmtasks._transport import DEFAULT_BASE_URL, INVALID_TASK_CODES, Reply, Transport
+
+log = logging.getLogger("llmtasks")
+
+#: The most one task can cost: the documented example charges $0.0102 (prepayment $0.01).
+DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
+#: Auth errors after earlier successes: the service answers 401 for a few seconds under load.
+AUTH_GLITCH_RETRIES: Final = 3
+_READ_CHUNK: Final = 512
+
+
+def default_concurrency(rate: int, period_s: float, *, latency_s: float = 1.0) -> int:
+    """Enough simultaneous calls for the full rate at ``latency_s`` per call, at most 30."""
+    return max(1, min(30, math.ceil(rate / period_s * latency_s)))
+
+
+def prompt_digest(prompt: str) -> bytes:
+    return hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+
+
+@dataclass
+class RunStats:
+    """Counters of one session (one ``submit`` invocation)."""
+
+    started: float = field(default_factory=time.monotonic)
+    lines_read: int = 0
+    already_done: int = 0
+    calls: int = 0
+    retries: int = 0
+    cost_usd: float = 0.0
+    by_state: dict[str, int] = field(default_factory=dict)
+    ended: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def calls_per_minute(self) -> float:
+        return self.calls / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
+
+    def count(self, state: str, n: int = 1) -> None:
+        self.by_state[state] = self.by_state.get(state, 0) + n
+
+
+_Batch = list[tuple[int, Task]]
+
+
+class Submitter:
+    """Submit tasks under the rate limit and record every outcome in a ledger.
+
+    ``async with Submitter(login=..., password=...) as s:`` then iterate
+    ``s.submit(tasks)`` for one ``Receipt`` per task as calls complete. A failed task is a
+    receipt, not an exception; errors that stop the run (``AuthError``, ``FundsError``,
+    ``ServiceError``, ``InputError``) are raised after the receipts of the calls already
+    made, with unsent lines left ``pending`` in the ledger for a later run.
+    """
+
+    def __init__(
+        self,
+        *,
+        login: str,
+        password: str,
+        engine: str = "chat_gpt",
+        base_url: str = DEFAULT_BASE_URL,
+        rate: int = 2000,
+        period_s: float = 60.0,
+        margin_s: float | None = None,
+        concurrency: int | None = None,
+        batch_size: int = MAX_TASKS_PER_POST,
+        ledger: str | Ledger | None = None,
+        input_name: str = "",
+        default_model: str | None = None,
+        timeout_s: float = 60.0,
+        max_attempts: int = 8,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        max_cost_usd: float | None = None,
+        max_task_cost_usd: float = DEFAULT_MAX_TASK_COST_USD,
+        resend_unknown: bool = False,
+        allow_insecure: bool = False,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        if not 1 <= batch_size <= MAX_TASKS_PER_POST:
+            raise ConfigError(f"batch size must be 1..{MAX_TASKS_PER_POST}, not {batch_size}")
+        if concurrency is not None and not 1 <= concurrency <= 30:
+            raise ConfigError("concurrency must be 1..30 (the service allows 30 per account)")
+        if max_attempts < 1:
+            raise ConfigError("max attempts must be at least 1")
+        if max_cost_usd is not None and max_cost_usd < 0:
+            raise ConfigError("--max-cost-usd must not be negative")
+        try:
+            self.limiter = RateLimiter(rate=rate, period_s=period_s, margin_s=margin_s)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.concurrency = concurrency or default_concurrency(rate, period_s)
+        self.gate = ConcurrencyGate(limit=self.concurrency)
+        self.engine = engine
+        self.batch_size = batch_size
+        self.default_model = default_model
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_cost_usd = max_cost_usd
+        self.max_task_cost_usd = max_task_cost_usd
+        self.resend_unknown = resend_unknown
+        self.path = f"/v3/ai_optimization/{engine}/llm_responses/task_post"
+        self.transport = Transport(
+            base_url=base_url,
+            login=login,
+            password=password,
+            timeout_s=timeout_s,
+            max_connections=self.concurrency,
+            allow_insecure=allow_insecure,
+        )
+        self._ledger_arg = ledger
+        self._input_name = input_name
+        self.ledger: Ledger | None = None
+        self.stats = RunStats()
+        self._stop_reason: LlmtasksError | None = None
+        self._error: Exception | None = None
+        self._interrupted = False
+        self._successes = 0
+        self._reserved_usd = 0.0
+        self._out: asyncio.Queue[list[Receipt] | None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Submitter:
+        if isinstance(self._ledger_arg, Ledger):
+            self.ledger = self._ledger_arg
+        else:
+            self.ledger = Ledger.open(
+                self._ledger_arg or ":memory:", input_name=self._input_name, engine=self.engine
+            )
+        self.ledger.begin_session()
+        found = self.ledger.recover_interrupted()
+        if found:
+            log.warning(
+                "%d line(s) were being sent when an earlier run stopped: marked unknown, "
+                "not resent (run 'llmtasks reconcile' to look them up)",
+                found,
+            )
+        if self.resend_unknown:
+            n = self.ledger.requeue_unknown()
+            if n:
+                log.warning(
+                    "--resend-unknown: sending %d unknown line(s) again; any that the service "
+                    "did create will be charged and answered twice",
+                    n,
+                )
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.__aexit__()
+        if self.ledger is not None:
+            self.stats.ended = self.stats.ended or time.monotonic()
+            self.ledger.end_session(
+                exit_code=-1, calls=self.stats.calls, cost=round(self.stats.cost_usd, 6)
+            )
+            if not isinstance(self._ledger_arg, Ledger):
+                self.ledger.close()
+
+    def stop(self) -> None:
+        """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record."""
+        self._interrupted = True
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
+
+    async def account(self) -> dict[str, Any]:
+        """The free ``user_data`` call: checks credentials; returns balance and limits."""
+        reply = await self.transport.get("/v3/appendix/user_data")
+        if reply.kind == "auth":
+            raise AuthError(f"the service refused the credentials ({_code(reply)})")
+        if reply.kind != "ok":
+            raise ServiceError(f"cannot read account data: {reply.message}")
+        doc = orjson.loads(reply.body)
+        result = ((doc.get("tasks") or [{}])[0].get("result") or [{}])[0]
+        money = result.get("money") or {}
+        minute = ((result.get("rates") or {}).get("limits") or {}).get("minute") or {}
+        return {
+            "balance_usd": money.get("balance"),
+            "calls_per_minute": minute.get("ai_optimization"),
+        }
+
+    async def preflight(self, *, tasks_hint: int | None = None) -> dict[str, Any]:
+        """Check credentials, the real per-minute limit and the balance before any POST."""
+        info = await self.account()
+        limit = info.get("calls_per_minute")
+        ours = self.limiter.rate * 60.0 / self.limiter.period_s
+        if isinstance(limit, int | float) and ours > limit:
+            log.warning(
+                "--rate is %.0f calls per minute but the account allows %.0f: expect 40202 "
+                "answers and a slowed-down run; lower --rate",
+                ours,
+                limit,
+            )
+        balance = info.get("balance_usd")
+        if tasks_hint is not None and isinstance(balance, int | float):
+            worst = tasks_hint * self.max_task_cost_usd
+            if worst > balance:
+                log.warning(
+                    "the balance ($%.2f) cannot cover the worst case of this input "
+                    "(%d tasks × $%.4f = $%.2f): the run will stop when it runs out",
+                    balance,
+                    tasks_hint,
+                    self.max_task_cost_usd,
+                    worst,
+                )
+        return info
+
+    # -- public entry points -------------------------------------------------------------
+
+    def submit(
+        self, tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]]
+    ) -> AsyncIterator[Receipt]:
+        """One receipt per task (line numbers count tasks from 1), as calls complete."""
+        return self.submit_lines(_as_lines(tasks, self.default_model))
+
+    def submit_lines(
+        self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
+    ) -> AsyncIterator[Receipt]:
+        """Submit lines from ``llmtasks._input.read_lines`` (or built the same way)."""
+        return self._run(_chunked(lines))
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    async def _run(self, chunks: AsyncIterator[list[InputLine]]) -> AsyncIterator[Receipt]:
+        if self.ledger is None:
+            raise RuntimeError("use 'async with Submitter(...)' before submitting")
+        out: asyncio.Queue[list[Receipt] | None] = asyncio.Queue(maxsize=256)
+        self._out = out
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        producer = asyncio.create_task(self._produce(chunks, batches))
+        senders = [asyncio.create_task(self._send_loop(batches)) for _ in range(self.concurrency)]
+
+        async def supervise() -> None:
+            try:
+                await producer
+            except Exception as exc:
+                # Stop the senders cleanly, then re-raise this error to the caller.
+                self._error = exc
+            finally:
+                # Senders exit on these sentinels; batches still queued are returned pending.
+                for _ in senders:
+                    await batches.put(None)
+                await asyncio.gather(*senders, return_exceptions=True)
+                await out.put(None)
+
+        supervisor = asyncio.create_task(supervise())
+        try:
+            while (item := await out.get()) is not None:
+                for receipt in item:
+                    yield receipt
+        finally:
+            if not supervisor.done():
+                # The consumer left early: stop cleanly and drain what is in flight.
+                self._interrupted = True
+                while not supervisor.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(out.get(), timeout=0.1)
+            await supervisor
+            self.stats.ended = time.monotonic()
+        if self._error is not None:
+            raise self._error
+        if self._stop_reason is not None:
+            raise self._stop_reason
+
+    def _halted(self) -> bool:
+        return self._interrupted or self._stop_reason is not None or self._error is not None
+
+    async def _emit(self, receipts: list[Receipt]) -> None:
+        for r in receipts:
+            self.stats.count(r.state)
+        if self._out is not None and receipts:
+            await self._out.put(receipts)
+
+    async def _produce(
+        self, chunks: AsyncIterator[list[InputLine]], batches: asyncio.Queue[_Batch | None]
+    ) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        last_known = ledger.last_line()
+        tag_prefix = f"llmtasks:{ledger.run_id}:"
+        batch: _Batch = []
+        async for chunk in chunks:
+            if self._halted():
+                return
+            known = (
+                ledger.known(chunk[0].line, chunk[-1].line) if chunk[0].line <= last_known else {}
+            )
+            rows: list[NewLine] = []
+            receipts: list[Receipt] = []
+            to_send: _Batch = []
+            for il in chunk:
+                self.stats.lines_read += 1
+                task = il.task
+                if task is not None and task.tag is None:
+                    task = msgspec.structs.replace(task, tag=f"{tag_prefix}{il.line}")
+                prior = known.get(il.line)
+                if prior is not None:
+                    digest, state = prior
+                    if digest != il.digest:
+                        raise InputError(
+                            f"{self._input_name or 'input'} line {il.line} is not the line "
+                            f"recorded in ledger {ledger.path}: the input changed since that "
+                            "run. Use a new --ledger for a new input."
+                        )
+                    if state == "pending" and task is not None:
+                        to_send.append((il.line, task))
+                    else:
+                        self.stats.already_done += 1
+                    continue
+                if il.skipped:
+                    rows.append(NewLine(il.line, il.digest, "skipped", reason=il.reason))
+                    receipts.append(Receipt(line=il.line, state="skipped", reason=il.reason))
+                elif task is None:
+                    rows.append(
+                        NewLine(il.line, il.digest, "rejected", field=il.field, reason=il.reason)
+                    )
+                    receipts.append(
+                        Receipt(line=il.line, state="rejected", field=il.field, reason=il.reason)
+                    )
+                else:
+                    prompt = prompt_digest(task.user_prompt or "")
+                    rows.append(NewLine(il.line, il.digest, "pending", task.tag, prompt))
+                    to_send.append((il.line, task))
+            ledger.add_lines(rows)
+            await self._emit(receipts)
+            for item in to_send:
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    await batches.put(batch)
+                    batch = []
+        if batch and not self._halted():
+            await batches.put(batch)
+
+    async def _send_loop(self, batches: asyncio.Queue[_Batch | None]) -> None:
+        while (batch := await batches.get()) is not None:
+            if self._halted():
+                await self._leave_pending(batch, "not sent: the run stopped")
+                continue
+            await self._send(batch)
+
+    async def _leave_pending(self, batch: _Batch, reason: str) -> None:
+        await self._emit(
+            [Receipt(line=line, state="pending", tag=t.tag, reason=reason) for line, t in batch]
+        )
+
+    def _budget_allows(self, n_tasks: int) -> bool:
+        if self.max_cost_usd is None:
+            return True
+        worst = n_tasks * self.max_task_cost_usd
+        return self.stats.cost_usd + self._reserved_usd + worst <= self.max_cost_usd + 1e-9
+
+    async def _send(self, batch: _Batch) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        lines = [line for line, _ in batch]
+        body = msgspec.json.encode([task for _, task in batch])
+        worst = len(batch) * self.max_task_cost_usd
+        auth_glitches = 0
+        for attempt in itertools.count(1):
+            admitted_at = await self.limiter.acquire()
+            async with self.gate:
+                if self._halted():
+                    await self._leave_pending(batch, "not sent: the run stopped")
+                    return
+                if not self._budget_allows(len(batch)):
+                    self._stop_reason = FundsError(
+                        f"--max-cost-usd {self.max_cost_usd} reached: the next call could cost "
+                        f"up to ${worst:.4f} more; unsent lines stay pending"
+                    )
+                    await self._leave_pending(batch, "not sent: --max-cost-usd reached")
+                    return
+                self._reserved_usd += worst
+                batch_id = ledger.mark_sending(lines)
+                self.stats.calls += 1
+                try:
+                    reply = await self.transport.post(self.path, body)
+                finally:
+                    self._reserved_usd -= worst
+            if reply.kind == "ok":
+                self._successes += 1
+                self.gate.success()
+                await self._record_ok(batch, batch_id, reply, attempt)
+                return
+            if reply.kind == "unknown":
+                await self._record_all(
+                    batch, batch_id, "unknown", reply, attempt, f"reply lost: {reply.message}"
+                )
+                return
+            retryable = reply.kind == "retry" or (
+                reply.kind == "auth" and self._successes > 0 and auth_glitches < AUTH_GLITCH_RETRIES
+            )
+            if retryable and attempt < self.max_attempts and not self._halted():
+                if reply.kind == "auth":
+                    auth_glitches += 1
+                if reply.status_code == 40202 or reply.http_status == 429:
+                    self.limiter.slow_down(admitted_at)
+                elif reply.status_code == 40209:
+                    self.gate.lower()
+                self.stats.retries += 1
+                # Certainly nothing was created: the lines are pending again while we wait.
+                await self._record_all(batch, batch_id, "pending", reply, attempt, None, emit=False)
+                log.info("retrying a call (%s), attempt %d", reply.message, attempt + 1)
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            # Nothing was created; these lines wait for a later run.
+            if reply.kind == "retry":
+                reason = f"gave up after {attempt} attempts: {reply.message}"
+            else:
+                reason = f"not sent: {reply.message}"
+                if self._stop_reason is None:
+                    self._stop_reason = _stop_error(reply, self._successes)
+            await self._record_all(batch, batch_id, "pending", reply, attempt, reason)
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with jitter, so that senders that failed together do not retry together.
+        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(cap / 2, cap)
+
+    async def _record_all(
+        self,
+        batch: _Batch,
+        batch_id: int,
+        state: Any,
+        reply: Reply,
+        attempt: int,
+        reason: str | None,
+        *,
+        emit: bool = True,
+    ) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        outcomes = [
+            Outcome(
+                line, state, None, reply.status_code, reply.message or None, None, reason=reason
+            )
+            for line, _ in batch
+        ]
+        ledger.record(
+            batch_id,
+            outcomes,
+            batch_state="unknown" if state == "unknown" else "not_created",
+            attempts=attempt,
+            http_status=reply.http_status,
+            status_code=reply.status_code,
+            note=reply.message,
+        )
+        if emit:
+            await self._emit(
+                [
+                    Receipt(
+                        line=line,
+                        state=state,
+                        tag=task.tag,
+                        status_code=reply.status_code,
+                        status_message=reply.message or None,
+                        reason=reason,
+                    )
+                    for line, task in batch
+                ]
+            )
+
+    async def _record_ok(self, batch: _Batch, batch_id: int, reply: Reply, attempt: int) -> None:
+        ledger = self.ledger
+        env = reply.envelope
+        assert ledger is not None and env is not None
+        replies = env.tasks or []
+        outcomes: list[Outcome] = []
+        receipts: list[Receipt] = []
+        cost = 0.0
+        for i, (line, task) in enumerate(batch):
+            if i >= len(replies):
+                if env.tasks is None:
+                    # The whole call was refused with a code of its own: nothing created.
+                    o = Outcome(line, "failed", None, env.status_code, env.status_message, None)
+                else:
+                    o = Outcome(
+                        line,
+                        "unknown",
+                        None,
+                        None,
+                        None,
+                        None,
+                        reason="the service answered fewer tasks than were sent",
+                    )
+            else:
+                t = replies[i]
+                echoed = t.data.tag if t.data is not None else None
+                if echoed is not None and echoed != task.tag:
+                    o = Outcome(
+                        line,
+                        "unknown",
+                        None,
+                        t.status_code,
+                        t.status_message,
+                        None,
+                        reason=f"reply out of order (tag {echoed!r} for line {line})",
+                    )
+                elif t.status_code == 20100:
+                    o = Outcome(line, "created", t.id, 20100, t.status_message, t.cost)
+                    cost += t.cost or 0.0
+                elif t.status_code in INVALID_TASK_CODES:
+                    o = Outcome(
+                        line,
+                        "rejected",
+                        t.id,
+                        t.status_code,
+                        t.status_message,
+                        t.cost,
+                        field=_field_of(t.status_message),
+                        reason=t.status_message,
+                    )
+                else:
+                    o = Outcome(line, "failed", t.id, t.status_code, t.status_message, t.cost)
+            outcomes.append(o)
+            receipts.append(
+                Receipt(
+                    line=line,
+                    state=o.state,
+                    tag=task.tag,
+                    task_id=o.task_id,
+                    status_code=o.status_code,
+                    status_message=o.status_message,
+                    cost=o.cost,
+                    field=o.field,
+                    reason=o.reason,
+                )
+            )
+        self.stats.cost_usd += env.cost if env.cost is not None else cost
+        ledger.record(
+            batch_id,
+            outcomes,
+            batch_state="done",
+            attempts=attempt,
+            http_status=reply.http_status,
+            status_code=env.status_code,
+        )
+        await self._emit(receipts)
+
+
+def _stop_error(reply: Reply, successes: int) -> LlmtasksError:
+    what = f"{reply.message} ({_code(reply)})"
+    if reply.kind == "auth":
+        if successes:
+            return AuthError(f"the service stopped accepting the credentials: {what}")
+        return AuthError(f"the service refused the credentials: {what}")
+    if reply.kind == "funds":
+        return FundsError(f"the account cannot pay for more tasks: {what}")
+    return ServiceError(f"the service refused the call: {what}")
+
+
+def _code(reply: Reply) -> str:
+    parts = []
+    if reply.status_code is not None:
+        parts.append(f"status {reply.status_code}")
+    if reply.http_status is not None:
+        parts.append(f"HTTP {reply.http_status}")
+    return ", ".join(parts) or "no reply"
+
+
+def _field_of(message: str) -> str | None:
+    # The service names the field as "Invalid Field: 'name'."
+    start = message.find("'")
+    end = message.find("'", start + 1)
+    return message[start + 1 : end] if 0 <= start < end else None
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+async def _as_lines(
+    tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]],
+    default_model: str | None,
+) -> AsyncIterator[InputLine]:
+    line = 0
+    async for obj in _aiter(tasks):
+        line += 1
+        yield _to_line(line, obj, default_model)
+
+
+def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None) -> InputLine:
+    # Round-trip through JSON: constraints are checked on decode, not when a Struct is built.
+    try:
+        raw = msgspec.json.encode(obj)
+    except TypeError as exc:
+        return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
+    digest = _digest(raw)
+    try:
+        task = decode_task(raw, strict=True)
+        if task.model_name is None and default_model:
+            task = msgspec.structs.replace(task, model_name=default_model)
+        check_rules(task, require_model=True)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        fld, reason = explain(exc)
+        return InputLine(line=line, digest=digest, task=None, field=fld, reason=reason)
+    except TaskRuleError as exc:
+        return InputLine(line=line, digest=digest, task=None, field=exc.field, reason=exc.reason)
+    return InputLine(line=line, digest=digest, task=task)
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def _chunked(
+    lines: Iterable[InputLine] | AsyncIterable[InputLine],
+) -> AsyncIterator[list[InputLine]]:
+    if isinstance(lines, AsyncIterable):
+        chunk: list[InputLine] = []
+        async for il in lines:
+            chunk.append(il)
+            if len(chunk) >= _READ_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    # A sync iterator reads files: do it in a worker thread so the loop never waits on I/O.
+    it: Iterator[InputLine] = iter(lines)
+    while chunk := await asyncio.to_thread(_take, it, _READ_CHUNK):
+        yield chunk
+
+
+def _take(it: Iterator[InputLine], n: int) -> list[InputLine]:
+    return list(itertools.islice(it, n))
