@@ -609,7 +609,7 @@ class Emulator:
             20000,
             "Ok.",
             w.seconds(time.perf_counter() - started),
-            0,
+            0.0,
             1,
             ["v3", "appendix", "user_data"],
             {"api": "appendix", "function": "user_data"},
