@@ -1,0 +1,619 @@
+"""Streaming readers for the three input formats: one ``InputLine`` per input record, in order.
+
+A bad record is never an exception: it comes back as a rejected ``InputLine`` (field and
+reason), so one typo in a million lines costs that line and nothing else. ``InputError`` is
+raised only when the input cannot be read at all. See docs/input-formats.md.
+
+Memory is flat in the length of the input: records are read one at a time, and a record
+longer than ``max_line_bytes`` is hashed and skipped chunk by chunk instead of being held.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, BinaryIO, Final, Literal
+
+import msgspec
+
+from llmtasks._errors import ConfigError, InputError
+from llmtasks._task import (
+    StrictTask,
+    Task,
+    TaskRuleError,
+    check_rules,
+    decode_task,
+    explain,
+)
+
+Format = Literal["jsonl", "csv", "text"]
+FORMATS: Final[tuple[Format, ...]] = ("jsonl", "csv", "text")
+SUFFIXES: Final[dict[str, Format]] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".txt": "text",
+}
+STDIN: Final = "-"
+DIGEST_BYTES: Final = 8
+BLANK: Final = "blank line"
+
+_BOM: Final = b"\xef\xbb\xbf"
+_UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
+_CHUNK: Final = 1 << 16
+_BUFFER_BYTES: Final = 1 << 18
+
+
+class InputLine(msgspec.Struct, frozen=True):
+    """What became of one input record. Exactly one of: a task, a rejection, a skip."""
+
+    line: int
+    """1-based physical line number where the record starts in the file."""
+    digest: bytes
+    """8-byte blake2b of the record's bytes (without its line ending and a leading BOM)."""
+    task: Task | None
+    """The valid task (a ``StrictTask``), or None when rejected or skipped."""
+    field: str = ""
+    """When rejected: the field to blame ("" when the whole record is bad)."""
+    reason: str = ""
+    """When rejected: why, for a human. When skipped: "blank line"."""
+    skipped: bool = False
+    """A blank record: not a task, but counted, and it gets an outcome."""
+
+    @property
+    def rejected(self) -> bool:
+        return self.task is None and not self.skipped
+
+
+def detect_format(path: str, fmt: str | None) -> Format:
+    """The format to read ``path`` as: ``fmt`` when given, else from the suffix; stdin is jsonl."""
+    if fmt is not None:
+        for known in FORMATS:
+            if fmt == known:
+                return known
+        raise ConfigError(f"unknown input format {fmt!r}: use jsonl, csv or text")
+    if path == STDIN:
+        return "jsonl"
+    suffix = os.path.splitext(path)[1].lower()
+    found = SUFFIXES.get(suffix)
+    if found is None:
+        what = f"suffix {suffix!r}" if suffix else "no suffix"
+        raise InputError(
+            f"{path}: cannot tell the input format ({what}; known: "
+            f"{', '.join(SUFFIXES)}): give --format jsonl, csv or text"
+        )
+    return found
+
+
+def read_lines(
+    source: str,
+    *,
+    fmt: str | None = None,
+    default_model: str | None = None,
+    max_line_bytes: int = 1_000_000,
+) -> Iterator[InputLine]:
+    """Stream ``source`` (a path, or "-" for stdin) as one ``InputLine`` per record.
+
+    The file is opened, and a CSV header read, before this returns, so an unreadable input
+    raises ``InputError`` here and not halfway through a run. The file is closed when the
+    iterator is exhausted, closed (``.close()``) or garbage collected; stdin is never closed.
+    """
+    if max_line_bytes < 1:
+        raise ValueError("max_line_bytes must be at least 1")
+    kind = detect_format(source, fmt)
+    gen = _generate(source, kind, default_model, max_line_bytes)
+    # Run the generator up to its first yield: opening the file and reading a CSV header
+    # happen now, and from here on closing the generator closes the file.
+    primed = next(gen)
+    assert primed is _PRIMED
+    return gen
+
+
+_PRIMED: Final = InputLine(line=0, digest=b"", task=None)
+
+
+def _generate(
+    source: str, kind: Format, default_model: str | None, max_line_bytes: int
+) -> Generator[InputLine, None, None]:
+    name = "<stdin>" if source == STDIN else source
+    stream, owned = _open(source, name)
+    try:
+        physical = _physical_lines(stream, name, max_line_bytes)
+        if kind == "jsonl":
+            body = _jsonl(physical, default_model, max_line_bytes)
+        elif kind == "text":
+            body = _text(physical, default_model, max_line_bytes)
+        else:
+            body = _csv(physical, name, default_model, max_line_bytes)
+            next(body)  # reads the header: InputError now, not later
+        yield _PRIMED
+        yield from body
+    finally:
+        if owned:
+            stream.close()
+
+
+def _open(source: str, name: str) -> tuple[BinaryIO, bool]:
+    if source == STDIN:
+        stdin = sys.stdin
+        if stdin is None:
+            raise InputError("<stdin>: there is no standard input")
+        # sys.stdin is text; its .buffer has the bytes (a test may install a bare BytesIO).
+        buffer: BinaryIO = getattr(stdin, "buffer", None) or stdin  # type: ignore[assignment]
+        return buffer, False
+    try:
+        # Closed by the generator's finally, which is why this is not a with block.
+        return open(source, "rb", buffering=_BUFFER_BYTES), True
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, not a file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from None
+
+
+# A physical line as read: (content without its line ending, None), or for a line longer
+# than the limit (None, (digest, size)) -- its bytes were hashed and dropped as they came.
+_Physical = tuple[bytes, None] | tuple[None, tuple[bytes, int]]
+
+
+def _physical_lines(
+    stream: BinaryIO, name: str, max_line_bytes: int
+) -> Generator[_Physical, None, None]:
+    """Lines split on b"\\n" (a trailing b"\\r" goes with the ending), BOM stripped."""
+    # +2 lets a line of exactly max_line_bytes arrive whole with its b"\r\n".
+    limit = max_line_bytes + 2
+    readline = stream.readline
+    want = limit + len(_BOM)  # the first read makes room for a BOM
+    while True:
+        try:
+            raw = readline(want)
+        except OSError as exc:
+            raise InputError(f"{name}: read error: {exc.strerror or exc}") from None
+        if not raw:
+            return
+        full = len(raw) == want
+        if want != limit:
+            want = limit
+            if raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+                if not raw:  # the input is just a BOM
+                    return
+            elif raw.startswith(_UTF16_BOMS):
+                raise InputError(f"{name}: is UTF-16 encoded; save it as UTF-8")
+        if raw[-1:] == b"\n":
+            raw = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
+        elif full:
+            yield None, _drain_long_line(readline, raw, name)
+            continue
+        yield raw, None
+
+
+def _drain_long_line(readline: Callable[[int], bytes], head: bytes, name: str) -> tuple[bytes, int]:
+    """Hash the rest of a too-long line chunk by chunk; return (digest, content size)."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    size = 0
+    pending = head
+    while True:
+        try:
+            chunk = readline(_CHUNK)
+        except OSError as exc:
+            raise InputError(f"{name}: read error: {exc.strerror or exc}") from None
+        if not chunk or chunk[-1:] == b"\n":
+            data = pending + chunk
+            if data[-1:] == b"\n":
+                data = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
+            h.update(data)
+            return h.digest(), size + len(data)
+        # Hold back a final b"\r": it belongs to the line ending if b"\n" comes next.
+        keep = 1 if chunk[-1:] == b"\r" else 0
+        data = pending + chunk
+        h.update(data[: len(data) - keep])
+        size += len(data) - keep
+        pending = data[len(data) - keep :]
+
+
+def _digest(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=DIGEST_BYTES).digest()
+
+
+def _too_long(line: int, digest: bytes, size: int, max_line_bytes: int) -> InputLine:
+    return InputLine(
+        line=line,
+        digest=digest,
+        task=None,
+        reason=f"is longer than {max_line_bytes} bytes ({size} bytes)",
+    )
+
+
+def _utf8_error(raw: bytes) -> str | None:
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        return f"is not valid UTF-8 (byte {exc.start})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning a task or an error into an InputLine
+
+
+def _complete(task: Task, default_model: str | None) -> Task:
+    """Apply the default model, then the rules that need the model. Raises TaskRuleError."""
+    if not task.model_name and default_model:
+        # replace() runs __post_init__, so the model's rules apply to the line's fields.
+        task = msgspec.structs.replace(task, model_name=default_model)
+    if task.user_prompt and task.model_name:
+        # __post_init__ already ran check_rules on this very object; with both fields set,
+        # require_model=True would check nothing more (and costs a quarter of a line's time).
+        return task
+    check_rules(task, require_model=True)
+    return task
+
+
+_MODEL_HINT: Final = "is required (set model_name in the input or give --model)"
+_AT = re.compile(r" - at `\$\.?([^`]+)`")
+
+
+def _rejection(err: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, str]:
+    field, reason = explain(err)
+    if reason == "unknown field":
+        # explain() names only the last key; say where it is when it is nested.
+        m = _AT.search(str(err))
+        if m:
+            field = f"{m.group(1)}.{field}"
+    return field, _humanize(field, reason)
+
+
+_TYPE_WORDS: Final = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
+_EXPECTED_GOT = re.compile(r"Expected `([^`]*)`, got `([^`]*)`")
+_EXPECTED_LEN = re.compile(r"Expected `(str|array)` of length <= (\d+)")
+_EXPECTED_CMP = re.compile(r"Expected `\w+` ([<>]=?) (\S+)")
+_MALFORMED = "JSON is malformed: "
+
+
+def _humanize(field: str, reason: str) -> str:
+    """msgspec's wording, said the way a person fixing their input file needs it."""
+    m = _EXPECTED_GOT.fullmatch(reason)
+    if m:
+        wanted = [w.strip() for w in m.group(1).split("|") if w.strip() != "null"]
+        want = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted) or "null"
+        got = _TYPE_WORDS.get(m.group(2), m.group(2))
+        if not field and wanted == ["object"]:
+            return f"must be a JSON object of task fields, got {got}"
+        return f"must be {want}, got {got}"
+    m = _EXPECTED_LEN.fullmatch(reason)
+    if m:
+        unit = "characters" if m.group(1) == "str" else "items"
+        return f"must be at most {m.group(2)} {unit} long"
+    m = _EXPECTED_CMP.fullmatch(reason)
+    if m:
+        return f"must be {m.group(1)} {m.group(2)}"
+    if reason == "Input data was truncated":
+        return "is not valid JSON: it ends before the value is complete"
+    if reason.startswith(_MALFORMED):
+        return f"is not valid JSON: {reason[len(_MALFORMED) :]}"
+    return reason
+
+
+def _rule_rejection(err: TaskRuleError, default_model: str | None, hint: str) -> tuple[str, str]:
+    if err.field == "model_name" and err.reason == "is required" and not default_model:
+        return err.field, hint
+    return err.field, err.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL
+
+
+def _jsonl(
+    physical: Iterator[_Physical], default_model: str | None, max_line_bytes: int
+) -> Generator[InputLine, None, None]:
+    blake2b = hashlib.blake2b
+    n = 0
+    for raw, long in physical:
+        n += 1
+        if raw is None:
+            assert long is not None
+            yield _too_long(n, long[0], long[1], max_line_bytes)
+            continue
+        digest = blake2b(raw, digest_size=DIGEST_BYTES).digest()
+        if len(raw) > max_line_bytes:
+            yield _too_long(n, digest, len(raw), max_line_bytes)
+            continue
+        try:
+            task = _complete(decode_task(raw, strict=True), default_model)
+        except msgspec.DecodeError as err:
+            if not raw.strip():
+                yield InputLine(line=n, digest=digest, task=None, reason=BLANK, skipped=True)
+                continue
+            bad = _utf8_error(raw)
+            field, reason = ("", bad) if bad else _rejection(err)
+            yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
+            continue
+        except msgspec.ValidationError as err:
+            field, reason = _rejection(err)
+            yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
+            continue
+        except TaskRuleError as err:
+            field, reason = _rule_rejection(err, default_model, _MODEL_HINT)
+            yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
+            continue
+        except UnicodeDecodeError as err:  # msgspec raises it for bad bytes inside a string
+            reason = f"is not valid UTF-8 (byte {err.start})"
+            yield InputLine(line=n, digest=digest, task=None, reason=reason)
+            continue
+        yield InputLine(line=n, digest=digest, task=task)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: one prompt per line
+
+
+_TEXT_MODEL_HINT: Final = "is required (give --model)"
+
+
+def _text(
+    physical: Iterator[_Physical], default_model: str | None, max_line_bytes: int
+) -> Generator[InputLine, None, None]:
+    n = 0
+    for raw, long in physical:
+        n += 1
+        if raw is None:
+            assert long is not None
+            yield _too_long(n, long[0], long[1], max_line_bytes)
+            continue
+        digest = _digest(raw)
+        if len(raw) > max_line_bytes:
+            yield _too_long(n, digest, len(raw), max_line_bytes)
+            continue
+        if not raw.strip():
+            yield InputLine(line=n, digest=digest, task=None, reason=BLANK, skipped=True)
+            continue
+        try:
+            prompt = raw.decode()
+        except UnicodeDecodeError as err:
+            reason = f"is not valid UTF-8 (byte {err.start})"
+            yield InputLine(line=n, digest=digest, task=None, field="user_prompt", reason=reason)
+            continue
+        if not default_model:
+            yield InputLine(
+                line=n, digest=digest, task=None, field="model_name", reason=_TEXT_MODEL_HINT
+            )
+            continue
+        try:
+            # convert() checks the documented limits (a Struct built directly would not).
+            task: Task = msgspec.convert(
+                {"user_prompt": prompt, "model_name": default_model}, StrictTask
+            )
+            task = _complete(task, default_model)
+        except msgspec.ValidationError as err:
+            field, reason = _rejection(err)
+            yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
+            continue
+        except TaskRuleError as err:
+            yield InputLine(line=n, digest=digest, task=None, field=err.field, reason=err.reason)
+            continue
+        yield InputLine(line=n, digest=digest, task=task)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+
+
+FIELDS: Final[tuple[str, ...]] = StrictTask.__struct_fields__
+_INT_FIELDS: Final = frozenset({"max_output_tokens"})
+_FLOAT_FIELDS: Final = frozenset({"temperature", "top_p"})
+_BOOL_FIELDS: Final = frozenset({"web_search", "force_web_search"})
+_JSON_FIELDS: Final = frozenset({"message_chain"})
+_INT: Final = re.compile(r"[+-]?[0-9]+")
+_FLOAT: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_TRUE: Final = frozenset({"true", "1"})
+_FALSE: Final = frozenset({"false", "0"})
+
+
+class _RecordTooLong(Exception):
+    pass
+
+
+class _CsvSource:
+    """Feeds csv.reader one physical line at a time and keeps account of the current record:
+    where it starts, its digest, whether it is valid UTF-8, and its size (capped)."""
+
+    def __init__(self, physical: Iterator[_Physical], max_line_bytes: int) -> None:
+        self._physical = physical
+        self._max = max_line_bytes
+        self.line_no = 0
+        self.start = 1
+        self.size = 0
+        self.bad_utf8 = ""
+        self._hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
+        self._lines_in_record = 0
+
+    def begin(self) -> None:
+        self.start = self.line_no + 1
+        self.size = 0
+        self.bad_utf8 = ""
+        self._hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
+        self._lines_in_record = 0
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+    def __iter__(self) -> _CsvSource:
+        return self
+
+    def __next__(self) -> str:
+        raw, long = next(self._physical)
+        self.line_no += 1
+        if self._lines_in_record:
+            self._hash.update(b"\n")
+            self.size += 1
+        self._lines_in_record += 1
+        if raw is None:
+            assert long is not None
+            self._hash.update(long[0])
+            self.size += long[1]
+            raise _RecordTooLong
+        self._hash.update(raw)
+        self.size += len(raw)
+        if self.size > self._max:
+            raise _RecordTooLong
+        try:
+            return raw.decode() + "\n"
+        except UnicodeDecodeError as err:
+            if not self.bad_utf8:
+                self.bad_utf8 = f"is not valid UTF-8 (line {self.line_no}, byte {err.start})"
+            return raw.decode("utf-8", "surrogateescape") + "\n"
+
+
+def _csv(
+    physical: Iterator[_Physical], name: str, default_model: str | None, max_line_bytes: int
+) -> Generator[InputLine, None, None]:
+    """The first ``next()`` reads the header and yields ``_PRIMED``; then the records."""
+    src = _CsvSource(physical, max_line_bytes)
+    reader = csv.reader(src, strict=True)
+    header = _read_header(reader, src, name)
+    yield _PRIMED
+    if header is None:
+        return
+    width = len(header)
+    while True:
+        src.begin()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except _RecordTooLong:
+            yield _too_long(src.start, src.digest(), src.size, max_line_bytes)
+            continue
+        except csv.Error as err:
+            yield InputLine(
+                line=src.start, digest=src.digest(), task=None, reason=f"is not valid CSV: {err}"
+            )
+            continue
+        line, digest = src.start, src.digest()
+        if not any(cell.strip() for cell in row):
+            yield InputLine(line=line, digest=digest, task=None, reason=BLANK, skipped=True)
+            continue
+        if len(row) != width:
+            reason = f"has {len(row)} cells but the header has {width} columns"
+            yield InputLine(line=line, digest=digest, task=None, reason=reason)
+            continue
+        if src.bad_utf8:
+            field = next((h for h, c in zip(header, row, strict=True) if _has_surrogate(c)), "")
+            yield InputLine(line=line, digest=digest, task=None, field=field, reason=src.bad_utf8)
+            continue
+        yield _csv_row(line, digest, header, row, default_model)
+
+
+def _has_surrogate(cell: str) -> bool:
+    try:
+        cell.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _read_header(reader: Iterator[list[str]], src: _CsvSource, name: str) -> tuple[str, ...] | None:
+    """The header's field names, or None for an empty input. Raises InputError."""
+    expect = "the first line must be a header of field names, e.g. user_prompt,model_name"
+    try:
+        row = next(reader)
+    except StopIteration:
+        return None  # an empty file: no records, nothing wrong
+    except _RecordTooLong:
+        raise InputError(f"{name}: the header line is too long; {expect}") from None
+    except csv.Error as err:
+        raise InputError(f"{name}: the header line is not valid CSV ({err}); {expect}") from None
+    if src.bad_utf8:
+        raise InputError(f"{name}: the header {src.bad_utf8}")
+    names = tuple(cell.strip() for cell in row)
+    if not any(names):
+        raise InputError(f"{name}: the header line is empty; {expect}")
+    seen: set[str] = set()
+    for i, col in enumerate(names, 1):
+        if not col:
+            raise InputError(f"{name}: column {i} of the header has no name")
+        if col not in FIELDS:
+            hint = " (is the file comma-separated?)" if any(c in col for c in ";\t|") else ""
+            raise InputError(
+                f"{name}: unknown column {col!r} in the header{hint}; known fields: "
+                f"{', '.join(FIELDS)}"
+            )
+        if col in seen:
+            raise InputError(f"{name}: column {col!r} appears twice in the header")
+        seen.add(col)
+    if "user_prompt" not in seen:
+        raise InputError(f"{name}: the header has no user_prompt column; {expect}")
+    return names
+
+
+def _csv_row(
+    line: int,
+    digest: bytes,
+    header: tuple[str, ...],
+    row: list[str],
+    default_model: str | None,
+) -> InputLine:
+    values: dict[str, Any] = {}
+    for col, cell in zip(header, row, strict=True):
+        if cell == "":
+            continue  # an empty cell leaves the field unset
+        try:
+            values[col] = _cell_value(col, cell)
+        except ValueError as err:
+            return InputLine(line=line, digest=digest, task=None, field=col, reason=str(err))
+    try:
+        task: Task = msgspec.convert(values, StrictTask)
+        task = _complete(task, default_model)
+    except msgspec.ValidationError as err:
+        field, reason = _rejection(err)
+        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
+    except TaskRuleError as err:
+        field, reason = _rule_rejection(err, default_model, _MODEL_HINT)
+        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
+    return InputLine(line=line, digest=digest, task=task)
+
+
+def _cell_value(col: str, cell: str) -> object:
+    """A CSV cell as the field's type. Raises ValueError with the reason."""
+    if col in _INT_FIELDS:
+        # Not int(): it also takes "1_000" and non-ASCII digits.
+        if not _INT.fullmatch(cell.strip()):
+            raise ValueError(f"must be an integer, got {cell!r}")
+        return int(cell)
+    if col in _FLOAT_FIELDS:
+        # Not float() alone: it also takes "nan", "inf" and "1_0".
+        if not _FLOAT.fullmatch(cell.strip()):
+            raise ValueError(f"must be a number, got {cell!r}")
+        return float(cell)
+    if col in _BOOL_FIELDS:
+        word = cell.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError(f"must be true, false, 1 or 0, got {cell!r}")
+    if col in _JSON_FIELDS:
+        try:
+            return msgspec.json.decode(cell)
+        except msgspec.DecodeError as err:
+            raise ValueError(
+                f"must be a JSON list of messages: {_humanize('', str(err))}"
+            ) from None
+    return cell
