@@ -56,7 +56,9 @@ def start_emulator(extra: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, line[len(PREFIX) :].strip()
 
 
-async def drive(base_url: str, calls: int, concurrency: int, bodies: list[bytes]) -> dict[str, float]:
+async def drive(
+    base_url: str, calls: int, concurrency: int, bodies: list[bytes]
+) -> dict[str, float]:
     url = f"{base_url}/v3/ai_optimization/chat_gpt/llm_responses/task_post"
     headers = {
         "Authorization": aiohttp.encode_basic_auth("login", "password"),

@@ -20,7 +20,7 @@ from llmtasks.emulator._config import EmulatorConfig
 _MIX48 = 0x9E3779B97F4B
 _MASK48 = (1 << 48) - 1
 _MIX64 = 0xBF58476D1CE4E5B9
-_MASK64 = (1 << 64) - 1
+_DIGITS4 = tuple(f"{i:04d}" for i in range(10000))
 
 
 class CreatedTask(msgspec.Struct, frozen=True):
@@ -85,11 +85,10 @@ class IdMaker:
 
     def make(self, prefix: str) -> str:
         n = self._counter = (self._counter + 1) & _MASK48
-        mixed = (n * _MIX64) & _MASK64
-        return (
-            f"{prefix}-{mixed % 10000:04d}-{(mixed >> 20) % 10000:04d}-0000-"
-            f"{(n * _MIX48) & _MASK48:012x}"
-        )
+        mixed = n * _MIX64
+        d4 = _DIGITS4
+        tail = (n * _MIX48) & _MASK48
+        return f"{prefix}-{d4[mixed % 10000]}-{d4[(mixed >> 20) % 10000]}-0000-{tail:012x}"
 
 
 class Store:

@@ -61,9 +61,15 @@ def seconds(elapsed_s: float) -> str:
 
 
 def envelope(
-    code: tuple[int, str], started: float, tasks: list[TaskOut] | None = None, cost: float = 0.0
+    code: tuple[int, str],
+    started: float,
+    tasks: list[TaskOut] | None = None,
+    cost: float = 0.0,
+    *,
+    errors: int | None = None,
 ) -> bytes:
-    errors = 0 if tasks is None else sum(1 for t in tasks if t.status_code >= 40000)
+    if errors is None:
+        errors = 0 if tasks is None else sum(1 for t in tasks if t.status_code >= 40000)
     return encoder.encode(
         Envelope(
             version=VERSION,
