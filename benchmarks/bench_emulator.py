@@ -33,7 +33,7 @@ class _Envelope(msgspec.Struct):
 def make_body(call: int, tasks_per_call: int) -> bytes:
     tasks = [
         {
-            "user_prompt": f"benchmark prompt {call}-{i}: how relevant are amusement parks in France",
+            "user_prompt": f"benchmark prompt {call}-{i}: is the amusement park business relevant",
             "model_name": "gpt-4.1-mini",
             "max_output_tokens": 512,
             "temperature": 0.5,
