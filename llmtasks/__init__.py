@@ -9,7 +9,10 @@ from llmtasks._errors import (
     LlmtasksError,
     ServiceError,
 )
+from llmtasks._input import InputLine, read_lines
+from llmtasks._ledger import Ledger
 from llmtasks._receipt import Receipt
+from llmtasks._submit import RunStats, Submitter
 from llmtasks._task import ChainMessage, Task
 from llmtasks._version import __version__
 
@@ -19,9 +22,14 @@ __all__ = [
     "ConfigError",
     "FundsError",
     "InputError",
+    "InputLine",
+    "Ledger",
     "LlmtasksError",
     "Receipt",
+    "RunStats",
     "ServiceError",
+    "Submitter",
     "Task",
     "__version__",
+    "read_lines",
 ]
