@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -122,7 +123,9 @@ def _generate(
     name = "<stdin>" if source == STDIN else source
     stream, owned = _open(source, name)
     try:
-        physical = _physical_lines(stream, name, max_line_bytes)
+        lines = _physical_lines(stream, name, max_line_bytes)
+        # Read the first line now: a UTF-16 input is refused before the caller starts.
+        physical = itertools.chain(list(itertools.islice(lines, 1)), lines)
         if kind == "jsonl":
             body = _jsonl(physical, default_model, max_line_bytes)
         elif kind == "text":
@@ -354,7 +357,8 @@ def _jsonl(
             yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
             continue
         except UnicodeDecodeError as err:  # msgspec raises it for bad bytes inside a string
-            reason = f"is not valid UTF-8 (byte {err.start})"
+            # err.start counts from the string's start; say where it is in the line.
+            reason = _utf8_error(raw) or f"is not valid UTF-8 ({err.reason})"
             yield InputLine(line=n, digest=digest, task=None, reason=reason)
             continue
         yield InputLine(line=n, digest=digest, task=task)
@@ -443,6 +447,7 @@ class _CsvSource:
         self.bad_utf8 = ""
         self._hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
         self._lines_in_record = 0
+        self._long_digest = b""
 
     def begin(self) -> None:
         self.start = self.line_no + 1
@@ -450,9 +455,10 @@ class _CsvSource:
         self.bad_utf8 = ""
         self._hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
         self._lines_in_record = 0
+        self._long_digest = b""
 
     def digest(self) -> bytes:
-        return self._hash.digest()
+        return self._long_digest or self._hash.digest()
 
     def __iter__(self) -> _CsvSource:
         return self
@@ -466,6 +472,9 @@ class _CsvSource:
         self._lines_in_record += 1
         if raw is None:
             assert long is not None
+            if self._lines_in_record == 1:
+                # A one-line record: the same digest as that line would have in JSONL.
+                self._long_digest = long[0]
             self._hash.update(long[0])
             self.size += long[1]
             raise _RecordTooLong
