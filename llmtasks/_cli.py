@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmtasks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_submit(sub)
+    _add_reconcile(sub)
     from llmtasks.emulator import _command as emulate_command
 
     emulate_command.register(sub)
@@ -94,16 +95,7 @@ def _add_submit(sub: Any) -> None:
     )
     p.add_argument("--engine", choices=("chat_gpt", "claude", "gemini"), default="chat_gpt")
     p.add_argument("--model", help="model_name for tasks that do not name one")
-    p.add_argument(
-        "--base-url",
-        default=os.environ.get(BASE_URL_ENV, "https://api.dataforseo.com"),
-        help=f"service URL (env {BASE_URL_ENV}; default https://api.dataforseo.com)",
-    )
-    p.add_argument(
-        "--allow-insecure",
-        action="store_true",
-        help="allow a plain-http base URL that is not loopback",
-    )
+    _add_service(p)
     p.add_argument(
         "--rate", type=_positive_int, default=2000, help="calls per period (default 2000)"
     )
@@ -168,6 +160,84 @@ def _add_submit(sub: Any) -> None:
     )
     _add_common(p)
     p.set_defaults(handler=cmd_submit)
+
+
+def _add_service(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get(BASE_URL_ENV, "https://api.dataforseo.com"),
+        help=f"service URL (env {BASE_URL_ENV}; default https://api.dataforseo.com)",
+    )
+    p.add_argument(
+        "--allow-insecure", action="store_true", help="allow a plain-http URL that is not loopback"
+    )
+
+
+def _add_reconcile(sub: Any) -> None:
+    p = sub.add_parser(
+        "reconcile",
+        help="look up unknown lines on the service: created, or pending again",
+        description="For every line left 'unknown' (sent, no reply), look for its task on the "
+        "service with id_list (by tag and prompt, over the time window of its POST). Found: "
+        "'created' with its real task id. Not found: 'pending', so the next submit sends it.",
+        epilog="example:\n  llmtasks reconcile --ledger prompts.jsonl.ledger.sqlite\n"
+        "  llmtasks submit prompts.jsonl          # then sends what is pending again",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ledger", required=True, help="the ledger of the run")
+    _add_service(p)
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=120.0,
+        help="seconds: leave lines sent more recently than this unknown (a POST that timed out "
+        "may still be running on the service; default 120)",
+    )
+    p.add_argument(
+        "--id-list-rate", type=_positive_int, default=10, help="id_list calls per minute (10)"
+    )
+    _add_common(p)
+    p.set_defaults(handler=cmd_reconcile)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    login, password = _credentials(args)
+    from llmtasks._ledger import Ledger
+
+    ledger = Ledger.open_existing(args.ledger)
+    try:
+        return asyncio.run(_reconcile(args, ledger, login, password))
+    finally:
+        ledger.close()
+
+
+async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password: str) -> int:
+    from llmtasks._reconcile import reconcile
+    from llmtasks._transport import Transport
+
+    async with Transport(
+        base_url=args.base_url, login=login, password=password, allow_insecure=args.allow_insecure
+    ) as transport:
+        report = await reconcile(
+            ledger, transport, min_age_s=args.min_age, id_list_rate=args.id_list_rate
+        )
+    print(
+        f"llmtasks: reconcile: {report.unknown} unknown: {report.found} found (created), "
+        f"{report.not_found} not found (pending again), {report.too_recent} too recent to tell; "
+        f"{report.calls} id_list calls",
+        file=sys.stderr,
+    )
+    if report.duplicates:
+        print(
+            f"llmtasks: warning: {report.duplicates} task(s) exist twice on the service "
+            "(sent again earlier): each was charged",
+            file=sys.stderr,
+        )
+    if report.not_found:
+        print(
+            "llmtasks: run the same submit command again to send the pending lines", file=sys.stderr
+        )
+    return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

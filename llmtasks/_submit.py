@@ -219,11 +219,17 @@ class Submitter:
 
     async def account(self) -> dict[str, Any]:
         """The free ``user_data`` call: checks credentials; returns balance and limits."""
-        reply = await self.transport.get("/v3/appendix/user_data")
+        for attempt in range(1, 4):
+            reply = await self.transport.get("/v3/appendix/user_data")
+            if reply.kind in ("ok", "auth", "fatal"):
+                break
+            await asyncio.sleep(self._backoff(attempt))  # free and read-only: safe to repeat
         if reply.kind == "auth":
             raise AuthError(f"the service refused the credentials ({_code(reply)})")
+        if reply.kind == "fatal":
+            raise ServiceError(f"cannot read account data: {reply.message} ({_code(reply)})")
         if reply.kind != "ok":
-            raise ServiceError(f"cannot read account data: {reply.message}")
+            raise _AccountUnavailable(f"cannot read account data: {reply.message}")
         doc = orjson.loads(reply.body)
         result = ((doc.get("tasks") or [{}])[0].get("result") or [{}])[0]
         money = result.get("money") or {}
@@ -235,7 +241,11 @@ class Submitter:
 
     async def preflight(self, *, tasks_hint: int | None = None) -> dict[str, Any]:
         """Check credentials, the real per-minute limit and the balance before any POST."""
-        info = await self.account()
+        try:
+            info = await self.account()
+        except _AccountUnavailable as exc:
+            log.warning("%s; going on without the account check", exc)
+            return {}
         limit = info.get("calls_per_minute")
         ours = self.limiter.rate * 60.0 / self.limiter.period_s
         if isinstance(limit, int | float) and ours > limit:
@@ -590,6 +600,10 @@ class Submitter:
             status_code=env.status_code,
         )
         await self._emit(receipts)
+
+
+class _AccountUnavailable(ServiceError):
+    """user_data did not answer; the run can go on without it."""
 
 
 def _stop_error(reply: Reply, successes: int) -> LlmtasksError:

@@ -1,0 +1,196 @@
+"""Reconcile: find out what became of ``unknown`` lines by asking the service.
+
+A line is ``unknown`` when its POST may have reached the service but no reply came back.
+There is no idempotency key, so the only way to know is to look for the task: ``id_list``
+with metadata lists every task created in a time window with the fields it was posted with,
+tag included. Each unknown line found there becomes ``created`` with its real task id;
+each one not found becomes ``pending`` again, for the next ``submit`` to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from llmtasks._errors import AuthError, ServiceError
+from llmtasks._ledger import Ledger, Outcome
+from llmtasks._ratelimit import RateLimiter
+from llmtasks._submit import prompt_digest
+from llmtasks._transport import Transport
+
+log = logging.getLogger("llmtasks")
+
+ID_LIST_PATH: Final = "/v3/ai_optimization/id_list"
+PAGE: Final = 1000
+#: How far the service's clock and ours may disagree, and how long a POST may take.
+DEFAULT_SKEW_S: Final = 300.0
+#: A POST that timed out may still be running on the service: look only once it is surely done.
+DEFAULT_MIN_AGE_S: Final = 120.0
+_MAX_TRIES: Final = 6
+
+
+@dataclass
+class ReconcileReport:
+    unknown: int = 0
+    found: int = 0
+    not_found: int = 0
+    too_recent: int = 0
+    duplicates: int = 0
+    calls: int = 0
+
+
+def _fmt(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S +00:00")
+
+
+def _windows(times: list[float], skew_s: float) -> list[tuple[float, float]]:
+    """Merge [t - skew, t + skew] around each POST into as few id_list windows as possible."""
+    out: list[tuple[float, float]] = []
+    for t in sorted(times):
+        lo, hi = t - skew_s, t + skew_s
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+async def reconcile(
+    ledger: Ledger,
+    transport: Transport,
+    *,
+    min_age_s: float = DEFAULT_MIN_AGE_S,
+    skew_s: float = DEFAULT_SKEW_S,
+    id_list_rate: int = 10,
+) -> ReconcileReport:
+    report = ReconcileReport()
+    unknown = ledger.lines_in_state("unknown")
+    report.unknown = len(unknown)
+    if not unknown:
+        return report
+    sent_at = ledger.batch_times(b for _, _, _, b in unknown)
+    now = time.time()
+    ripe = [u for u in unknown if now - sent_at.get(u[3], now) >= min_age_s]
+    report.too_recent = len(unknown) - len(ripe)
+    if not ripe:
+        return report
+    by_tag: dict[str | None, list[tuple[int, bytes | None]]] = {}
+    for line, tag, digest, _ in ripe:
+        by_tag.setdefault(tag, []).append((line, digest))
+    # 10 calls per minute is id_list's own documented limit; never exceed it.
+    limiter = RateLimiter(rate=max(2, id_list_rate), period_s=60.0)
+    found: dict[int, Outcome] = {}
+    for lo, hi in _windows([sent_at[b] for b in {u[3] for u in ripe}], skew_s):
+        offset = 0
+        while True:
+            items = await _page(transport, limiter, lo, hi, offset, report)
+            for item in items:
+                _match(item, ledger.engine, by_tag, found, report)
+            if len(items) < PAGE:
+                break
+            offset += PAGE
+    verdicts = list(found.values())
+    for line, _, _, _ in ripe:
+        if line not in found:
+            verdicts.append(
+                Outcome(
+                    line,
+                    "pending",
+                    None,
+                    None,
+                    None,
+                    None,
+                    reason="not found on the service by reconcile: the next submit sends it",
+                )
+            )
+    ledger.resolve(verdicts)
+    report.found = len(found)
+    report.not_found = len(ripe) - len(found)
+    return report
+
+
+def _match(
+    item: dict[str, Any],
+    engine: str,
+    by_tag: dict[str | None, list[tuple[int, bytes | None]]],
+    found: dict[int, Outcome],
+    report: ReconcileReport,
+) -> None:
+    meta = item.get("metadata") or {}
+    if f"/{engine}/" not in str(item.get("url", "")):
+        return
+    candidates = by_tag.get(meta.get("tag"))
+    if not candidates:
+        return
+    digest = prompt_digest(str(meta.get("user_prompt") or ""))
+    task_id = str(item.get("id"))
+    matching = [line for line, want in candidates if want is None or want == digest]
+    if any(found[line].task_id == task_id for line in matching if line in found):
+        return  # the same item seen twice (overlapping pages)
+    for line in matching:
+        if line not in found:
+            cost = item.get("cost")
+            found[line] = Outcome(
+                line,
+                "created",
+                task_id,
+                20100,
+                "Task Created.",
+                float(cost) if isinstance(cost, int | float) else None,
+                reason="found on the service by reconcile",
+            )
+            return
+    if matching:
+        # One more task than lines with this tag and prompt: an earlier resend created it twice.
+        report.duplicates += 1
+
+
+async def _page(
+    transport: Transport,
+    limiter: RateLimiter,
+    lo: float,
+    hi: float,
+    offset: int,
+    report: ReconcileReport,
+) -> list[dict[str, Any]]:
+    body = orjson.dumps(
+        [
+            {
+                "datetime_from": _fmt(lo),
+                "datetime_to": _fmt(hi + 1),
+                "limit": PAGE,
+                "offset": offset,
+                "sort": "asc",
+                "include_metadata": True,
+            }
+        ]
+    )
+    for attempt in range(1, _MAX_TRIES + 1):
+        await limiter.acquire()
+        report.calls += 1
+        reply = await transport.post(ID_LIST_PATH, body)
+        if reply.kind == "auth":
+            raise AuthError(f"the service refused the credentials ({reply.message})")
+        if reply.kind == "ok" and reply.envelope is not None:
+            tasks = reply.envelope.tasks or []
+            task = tasks[0] if tasks else None
+            if task is not None and task.status_code == 20000:
+                doc = orjson.loads(reply.body)
+                result = doc["tasks"][0].get("result") or []
+                return [r for r in result if isinstance(r, dict)]
+            reason = f"{task.status_code} {task.status_message}" if task else "no task"
+        else:
+            reason = reply.message
+        if reply.kind == "retry" and reply.status_code == 40202:
+            limiter.slow_down()
+        # id_list is a free read: asking again can never cost anything.
+        log.info("id_list failed (%s), attempt %d", reason, attempt)
+        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+    raise ServiceError(f"id_list kept failing ({reason}); nothing was changed, try again later")

@@ -1,0 +1,263 @@
+"""Faults, crashes and funds: the real CLI against the emulator's fault switches.
+
+Each test compares the emulator's own record of created tasks with the ledger and the
+receipts: every line has one outcome, nothing is created twice, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import cli_env, read_jsonl, run_cli, write_prompts
+
+
+def _ledger_rows(path: Path) -> dict[int, tuple[str, str | None, str | None]]:
+    with sqlite3.connect(path) as db:
+        return {
+            line: (state, tag, task_id)
+            for line, state, tag, task_id in db.execute(
+                "SELECT line, state, tag, task_id FROM lines"
+            )
+        }
+
+
+def _assert_consistent(emu: Any, ledger: Path, n_lines: int) -> None:
+    """Nothing created twice; every created task is in the ledger as created or unknown."""
+    created = emu.created()
+    tags = Counter(t["tag"] for t in created)
+    assert [tag for tag, n in tags.items() if n > 1] == [], "a line was created twice"
+    rows = _ledger_rows(ledger)
+    assert sorted(rows) == list(range(1, n_lines + 1)), "every line has exactly one row"
+    by_tag = {tag: (line, state, task_id) for line, (state, tag, task_id) in rows.items()}
+    for task in created:
+        line, state, task_id = by_tag[task["tag"]]
+        # 'sending' is what a killed run leaves: the next run reads it as unknown.
+        assert state in ("created", "unknown", "sending"), (line, state)
+        if state == "created":
+            assert task_id == task["id"]
+
+
+def _finish(emu: Any, src: Path, ledger: Path, *submit_args: str, rounds: int = 12) -> None:
+    """What a user does after trouble: reconcile, then the same submit again, until done."""
+    for _ in range(rounds):
+        states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
+        if set(states) <= {"created"}:
+            return
+        if states.get("unknown"):
+            r = run_cli(
+                "reconcile", "--ledger", str(ledger), "--base-url", emu.url, "--min-age", "0"
+            )
+            assert r.returncode == 0, r.stderr
+            assert "unknown" not in Counter(s for s, _, _ in _ledger_rows(ledger).values())
+        run_cli("submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), *submit_args)
+        _assert_consistent(emu, ledger, len(src.read_bytes().splitlines()))
+    raise AssertionError(f"not finished after {rounds} rounds: {states}")
+
+
+def _assert_each_line_created_once(emu: Any, ledger: Path, n_lines: int) -> None:
+    created = emu.created()
+    rows = _ledger_rows(ledger)
+    assert Counter(s for s, _, _ in rows.values()) == {"created": n_lines}
+    assert len(created) == n_lines
+    assert {t["id"] for t in created} == {task_id for _, _, task_id in rows.values()}
+
+
+def test_5xx_drops_and_a_lower_server_limit(emulator, tmp_path: Path) -> None:
+    emu = emulator(
+        "--fail-rate",
+        "0.05",
+        "--drop-rate",
+        "0.02",
+        "--rate",
+        "40",
+        "--period",
+        "2",
+        "--id-list-rate",
+        "600",
+        "--seed",
+        "11",
+    )
+    src = tmp_path / "in.jsonl"
+    n = 800
+    write_prompts(src, n)
+    ledger = tmp_path / "run.sqlite"
+    args = ("--batch-size", "10", "--rate", "80", "--period", "2", "--ledger", str(ledger))
+    first = run_cli("submit", str(src), "--base-url", emu.url, *args)
+    assert first.returncode == 1, first.stderr  # some lines are unknown
+    receipts = read_jsonl(tmp_path / "in.jsonl.receipts.jsonl")
+    assert [r["line"] for r in receipts] == list(range(1, n + 1))
+    states = Counter(r["state"] for r in receipts)
+    assert states["unknown"] > 0 and states["created"] > 0
+    assert set(states) <= {"created", "unknown", "pending"}
+    codes = Counter(c["status_code"] for c in emu.calls() if c["path"].endswith("task_post"))
+    assert codes[40202] > 0, "the server's lower limit was hit"
+    _assert_consistent(emu, ledger, n)
+    assert "reconcile" in first.stderr
+    _finish(emu, src, ledger, *args)
+    _assert_each_line_created_once(emu, ledger, n)
+
+
+def test_kill_9_at_random_moments_then_rerun(emulator, tmp_path: Path) -> None:
+    emu = emulator("--latency-ms", "40", "--id-list-rate", "600")
+    src = tmp_path / "in.jsonl"
+    n = 600
+    write_prompts(src, n)
+    ledger = tmp_path / "run.sqlite"
+    args = ("--batch-size", "5", "--concurrency", "3", "--ledger", str(ledger))
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url, *args],
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        _assert_consistent(emu, ledger, len(_ledger_rows(ledger)) and max(_ledger_rows(ledger)))
+    assert kills >= 2
+    _finish(emu, src, ledger, *args)
+    _assert_each_line_created_once(emu, ledger, n)
+
+
+def test_out_of_funds_mid_run_then_rerun_with_more(emulator, tmp_path: Path) -> None:
+    emu = emulator("--funds-usd", "1.0")
+    src = tmp_path / "in.jsonl"
+    n = 300
+    write_prompts(src, n)
+    ledger = tmp_path / "run.sqlite"
+    first = run_cli(
+        "submit",
+        str(src),
+        "--base-url",
+        emu.url,
+        "--batch-size",
+        "10",
+        "--ledger",
+        str(ledger),
+        "--concurrency",
+        "2",
+    )
+    assert first.returncode == 3, first.stderr
+    assert "cannot pay" in first.stderr
+    states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
+    assert states["created"] == len(emu.created()) == 90  # $1.00 / $0.0102, in calls of 10
+    assert states["pending"] == n - 90
+    emu.set_config(funds_usd=100.0)
+    second = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--batch-size", "10", "--ledger", str(ledger)
+    )
+    assert second.returncode == 0, second.stderr
+    _assert_each_line_created_once(emu, ledger, n)
+
+
+def test_budget_stops_before_exceeding(emulator, tmp_path: Path) -> None:
+    emu = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 200)
+    r = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--batch-size", "10", "--max-cost-usd", "0.5"
+    )
+    assert r.returncode == 3, r.stderr
+    spent = sum(t["cost_usd"] for t in emu.created())
+    assert 0 < spent <= 0.5
+    assert len(emu.created()) == 40  # 4 calls of 10 at $0.0102 fit in $0.50; a 5th might not
+
+
+def test_resend_unknown_sends_again_and_says_so(emulator, tmp_path: Path) -> None:
+    emu = emulator("--drop-rate", "1.0")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 10)
+    ledger = tmp_path / "run.sqlite"
+    r = run_cli("submit", str(src), "--base-url", emu.url, "--ledger", str(ledger))
+    assert r.returncode == 1
+    assert Counter(s for s, _, _ in _ledger_rows(ledger).values()) == {"unknown": 10}
+    quiet = run_cli("submit", str(src), "--base-url", emu.url, "--ledger", str(ledger))
+    assert len(emu.created()) == 10, "unknown lines are never resent silently"
+    assert "10 unknown" in quiet.stderr
+    emu.set_config(drop_rate=0.0)
+    loud = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), "--resend-unknown"
+    )
+    assert loud.returncode == 0, loud.stderr
+    assert "charged and answered twice" in loud.stderr
+    assert len(emu.created()) == 20
+
+
+def test_sigterm_drains_in_flight_and_exits_130(emulator, tmp_path: Path) -> None:
+    emu = emulator("--latency-ms", "300")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 400)
+    ledger = tmp_path / "run.sqlite"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmtasks",
+            "submit",
+            str(src),
+            "--base-url",
+            emu.url,
+            "--batch-size",
+            "10",
+            "--concurrency",
+            "4",
+            "--ledger",
+            str(ledger),
+        ],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
+    assert "unknown" not in states and "sending" not in states  # in-flight calls were recorded
+    assert states["created"] == len(emu.created()) > 0
+    assert states["pending"] > 0
+    receipts = read_jsonl(tmp_path / "in.jsonl.receipts.jsonl")
+    assert len(receipts) == sum(states.values())
+    again = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--batch-size", "10", "--ledger", str(ledger)
+    )
+    assert again.returncode == 0, again.stderr
+    _assert_each_line_created_once(emu, ledger, 400)
+
+
+def test_auth_glitch_after_success_is_retried(emulator, tmp_path: Path) -> None:
+    emu = emulator("--spurious-401-rate", "0.2", "--seed", "2")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 300)
+    r = run_cli(
+        "submit",
+        str(src),
+        "--base-url",
+        emu.url,
+        "--batch-size",
+        "5",
+        "--no-preflight",
+        "--concurrency",
+        "1",
+    )
+    codes = Counter(c["status_code"] for c in emu.calls())
+    assert codes[40100] > 0
+    # Either all created (glitches retried), or stopped with exit 2 after 3 glitches in a row.
+    if r.returncode == 0:
+        assert len(emu.created()) == 300
+    else:
+        assert r.returncode == 2 and "stopped accepting" in r.stderr
