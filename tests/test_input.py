@@ -6,6 +6,7 @@ import gc
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -664,3 +665,18 @@ def test_fuzz_csv_header(tmp_path: Path, data: bytes) -> None:
         return
     check_states(got)
     assert [il.line for il in got] == sorted({il.line for il in got})
+
+
+# --- the documentation ------------------------------------------------------------------------
+
+
+def test_examples_in_the_docs_read_as_documented(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "input-formats.md").read_text()
+    examples = re.findall(r"```(jsonl|csv|text)\n(.*?)```", doc, re.S)
+    assert sorted(kind for kind, _ in examples) == ["csv", "jsonl", "text"]
+    suffix = {"jsonl": "jsonl", "csv": "csv", "text": "txt"}
+    for kind, body in examples:
+        got = read(write(tmp_path, f"example.{suffix[kind]}", body.encode()), default_model=MODEL)
+        assert [il for il in got if il.task is None and not il.skipped] == []
+        starts = {"jsonl": [1, 2, 3, 4, 5], "csv": [2, 3, 5], "text": [1, 2, 3, 4]}[kind]
+        assert [il.line for il in got] == starts
