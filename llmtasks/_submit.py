@@ -60,6 +60,13 @@ def default_concurrency(rate: int, period_s: float, *, latency_s: float = 1.0) -
     return max(1, min(30, math.ceil(rate / period_s * latency_s)))
 
 
+def default_burst(rate: int) -> int:
+    """Bucket capacity C. With C = 1 every late timer wake-up (a millisecond or so on a busy
+    loop) is lost for good; a few tokens of slack absorb it. Each token costs 1/rate of the
+    limit, so keep C near 1% of the rate."""
+    return max(1, min(10, rate // 50))
+
+
 def prompt_digest(prompt: str) -> bytes:
     return hashlib.blake2b(prompt.encode(), digest_size=8).digest()
 
@@ -137,7 +144,9 @@ class Submitter:
         if max_cost_usd is not None and max_cost_usd < 0:
             raise ConfigError("--max-cost-usd must not be negative")
         try:
-            self.limiter = RateLimiter(rate=rate, period_s=period_s, margin_s=margin_s)
+            self.limiter = RateLimiter(
+                rate=rate, period_s=period_s, margin_s=margin_s, burst=default_burst(rate)
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.concurrency = concurrency or default_concurrency(rate, period_s)
