@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,38 @@ import pytest
 # Distinctive, so that tests can grep every output for them.
 LOGIN = "test-login-7f3a"
 PASSWORD = "pw-9c1e-never-print-me"
+SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode())
+
+# Everything the CLI printed in this session; scanned for SECRETS when the session ends.
+_OUTPUTS: list[str] = []
+_TMP_BASES: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_tmp_base(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _TMP_BASES.append(tmp_path_factory.getbasetemp())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No credential in any output, log, ledger, receipt or file of the whole suite."""
+    leaks = [f"CLI output: {text[:200]!r}" for text in _OUTPUTS if any(s in text for s in SECRETS)]
+    for base in _TMP_BASES:
+        for path in base.rglob("*"):
+            if path.is_file() and path.stat().st_size < 50_000_000:
+                data = path.read_bytes()
+                if any(s.encode() in data for s in SECRETS):
+                    leaks.append(str(path))
+    if leaks:
+        print("\nCREDENTIAL LEAK: the test password appeared in:\n  " + "\n  ".join(leaks))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 class EmulatorProcess:
     """``python -m llmtasks emulate --port 0`` in a subprocess, inspected over HTTP."""
 
     def __init__(self, *args: str) -> None:
+        # A file, not a pipe: a pipe nobody reads would block a chatty emulator.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -37,14 +65,14 @@ class EmulatorProcess:
                 *args,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "listening on " not in line:
-            self.proc.kill()
-            raise RuntimeError(f"emulator did not start: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+            self.stop()
+            raise RuntimeError(f"emulator did not start: {line!r} {_OUTPUTS[-1]!r}")
         self.url = line.rsplit(" ", 1)[1].strip()
 
     def _get(self, path: str) -> Any:
@@ -78,9 +106,11 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.seek(0)
+        _OUTPUTS.append(self._stderr.read().decode("utf-8", "replace"))
+        self._stderr.close()
 
 
 @pytest.fixture
@@ -113,7 +143,7 @@ def run_cli(
     stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The real command line, as a user runs it."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "llmtasks", *args],
         env=cli_env() if env is None else env,
         cwd=cwd,
@@ -122,6 +152,8 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+    _OUTPUTS.append(result.stdout + result.stderr)
+    return result
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
