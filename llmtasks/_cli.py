@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_submit(sub)
     _add_reconcile(sub)
+    _add_status(sub)
+    _add_export(sub)
     from llmtasks.emulator import _command as emulate_command
 
     emulate_command.register(sub)
@@ -238,6 +240,78 @@ async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password
             "llmtasks: run the same submit command again to send the pending lines", file=sys.stderr
         )
     return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="what a ledger says: counts by state and code, cost, what is left",
+        description="Counts by state and by status code, cost, first and last call, each "
+        "run, and the commands that continue the job.",
+        epilog="examples:\n  llmtasks status --ledger prompts.jsonl.ledger.sqlite\n"
+        "  llmtasks status --ledger prompts.jsonl.ledger.sqlite --json | jq .states",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ledger", required=True, help="the ledger of the run")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    _add_common(p)
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from llmtasks._ledger import Ledger
+    from llmtasks._status import format_status, ledger_status
+
+    ledger = Ledger.open_existing(args.ledger)
+    try:
+        status = ledger_status(ledger)
+    finally:
+        ledger.close()
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(status, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_status(status))
+    return EXIT_OK
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="receipts rebuilt from a ledger, as JSONL or CSV",
+        description="Write one receipt per input line, in input order, from the ledger.",
+        epilog="examples:\n  llmtasks export --ledger run.sqlite --format csv --out receipts.csv\n"
+        "  llmtasks export --ledger run.sqlite --state created | wc -l",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ledger", required=True, help="the ledger of the run")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--out", default="-", help="file to write (default: stdout)")
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=("pending", "sending", "created", "failed", "rejected", "skipped", "unknown"),
+        help="only lines in this state (repeatable)",
+    )
+    _add_common(p)
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmtasks._ledger import Ledger
+    from llmtasks._outputs import write_csv, write_jsonl
+
+    ledger = Ledger.open_existing(args.ledger)
+    states = set(args.state) if args.state else None
+    try:
+        write = write_csv if args.format == "csv" else write_jsonl
+        n = write(args.out, ledger, states=states)
+    finally:
+        ledger.close()
+    if args.out != "-":
+        print(f"llmtasks: {n} receipts written to {args.out}", file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -427,7 +501,8 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             write_jsonl(receipts_path, ledger)
             n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"})
             counts = ledger.counts()
-            _summary(args, submitter, counts, receipts_path, rejects_path, n_rejects)
+            if not args.quiet:
+                _summary(args, submitter, counts, receipts_path, rejects_path, n_rejects)
     if stop_error is not None:
         raise stop_error
     if submitter.interrupted:
@@ -463,10 +538,12 @@ def _summary(
     if counts.get("skipped"):
         parts.append(f"{counts['skipped']} blank")
     earlier = f" ({s.already_done} done by earlier runs)" if s.already_done else ""
+    # A rate over less than a second of calls says nothing.
+    pace = f"{s.calls_per_minute:.0f} calls/min" if s.elapsed_s >= 1 else "under a second"
     print(
         f"llmtasks: {s.lines_read} lines read{earlier}; ledger holds {total}: {', '.join(parts)}\n"
-        f"llmtasks: {s.calls} calls ({s.retries} retried) in {s.elapsed_s:.1f} s = "
-        f"{s.calls_per_minute:.0f} calls/min (limit {args.rate} per {args.period:g} s); "
+        f"llmtasks: {s.calls} calls ({s.retries} retried) in {s.elapsed_s:.1f} s = {pace} "
+        f"(limit {args.rate} per {args.period:g} s); "
         f"cost reported by the service ${s.cost_usd:.4f}\n"
         f"llmtasks: receipts in {receipts_path}"
         + (f", {n_rejects} rejects in {rejects_path}" if n_rejects else ""),

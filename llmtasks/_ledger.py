@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     session_id INTEGER PRIMARY KEY,
     started_at REAL NOT NULL,
     ended_at REAL,
-    exit_code INTEGER,
     calls INTEGER NOT NULL DEFAULT 0,
     cost REAL NOT NULL DEFAULT 0,
     command TEXT NOT NULL DEFAULT ''
@@ -169,12 +168,11 @@ class Ledger:
         self.session_id = int(cur.lastrowid or 0)
         return self.session_id
 
-    def end_session(self, *, exit_code: int, calls: int, cost: float) -> None:
+    def end_session(self, *, calls: int, cost: float) -> None:
         with _tx(self._db):
             self._db.execute(
-                "UPDATE sessions SET ended_at = ?, exit_code = ?, calls = ?, cost = ? "
-                "WHERE session_id = ?",
-                (time.time(), exit_code, calls, cost, self.session_id),
+                "UPDATE sessions SET ended_at = ?, calls = ?, cost = ? WHERE session_id = ?",
+                (time.time(), calls, cost, self.session_id),
             )
 
     def recover_interrupted(self) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,10 @@ def _row(r: Receipt) -> tuple[object, ...]:
 
 @contextlib.contextmanager
 def _atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    if os.fspath(path) == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:

@@ -212,9 +212,7 @@ class Submitter:
         await self.transport.__aexit__()
         if self.ledger is not None:
             self.stats.ended = self.stats.ended or time.monotonic()
-            self.ledger.end_session(
-                exit_code=-1, calls=self.stats.calls, cost=round(self.stats.cost_usd, 6)
-            )
+            self.ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
             if not isinstance(self._ledger_arg, Ledger):
                 self.ledger.close()
 

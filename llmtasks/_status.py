@@ -1,0 +1,103 @@
+"""``status`` and ``export``: what a ledger says, for people and for scripts."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from llmtasks._ledger import Ledger
+
+
+def ledger_status(ledger: Ledger) -> dict[str, Any]:
+    """Everything ``llmtasks status`` shows, as plain data (``--json`` prints it as is)."""
+    meta = dict(ledger.query("SELECT key, value FROM meta"))
+    states = ledger.counts()
+    codes = {
+        str(code): n
+        for code, n in ledger.query(
+            "SELECT status_code, COUNT(*) FROM lines WHERE status_code IS NOT NULL "
+            "GROUP BY status_code ORDER BY status_code"
+        )
+    }
+    ((cost, collected),) = ledger.query(
+        "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(collected), 0) FROM lines "
+        "WHERE state = 'created'"
+    )
+    ((first, last, n_batches),) = ledger.query(
+        "SELECT MIN(sent_at), MAX(COALESCE(done_at, sent_at)), COUNT(*) FROM batches"
+    )
+    sessions = [
+        {
+            "session": sid,
+            "started_at": started,
+            "ended_at": ended,
+            "calls": calls,
+            "cost_usd": round(scost, 6),
+        }
+        for sid, started, ended, calls, scost in ledger.query(
+            "SELECT session_id, started_at, ended_at, calls, cost FROM sessions ORDER BY session_id"
+        )
+    ]
+    return {
+        "ledger": ledger.path,
+        "input": meta.get("input", ""),
+        "engine": ledger.engine,
+        "run_id": ledger.run_id,
+        "lines": sum(states.values()),
+        "states": states,
+        "status_codes": codes,
+        "cost_usd": round(float(cost), 6),
+        "collected": int(collected),
+        "calls": n_batches,
+        "first_call_at": first,
+        "last_call_at": last,
+        "sessions": sessions,
+        "next": next_steps(ledger, states, meta.get("input", "")),
+    }
+
+
+def next_steps(ledger: Ledger, states: dict[str, int], input_name: str) -> list[str]:
+    """The commands that continue this job, in the order to run them."""
+    steps: list[str] = []
+    where = f"--ledger {shlex.quote(ledger.path)}"
+    engine = "" if ledger.engine == "chat_gpt" else f" --engine {ledger.engine}"
+    if states.get("unknown") or states.get("sending"):
+        steps.append(f"llmtasks reconcile {where}")
+    if states.get("pending") or states.get("unknown") or states.get("sending"):
+        source = shlex.quote(input_name) if input_name else "INPUT"
+        steps.append(f"llmtasks submit {source}{engine} {where}")
+    return steps
+
+
+def format_status(status: dict[str, Any]) -> str:
+    from datetime import UTC, datetime
+
+    def when(ts: float | None) -> str:
+        if ts is None:
+            return "-"
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    states = status["states"]
+    order = ["created", "rejected", "failed", "skipped", "unknown", "sending", "pending"]
+    out = [
+        f"ledger   {status['ledger']}",
+        f"input    {status['input'] or '-'}   engine {status['engine']}   run {status['run_id']}",
+        f"lines    {status['lines']}: "
+        + ", ".join(f"{states[s]} {s}" for s in order if states.get(s)),
+        "codes    " + (", ".join(f"{c}: {n}" for c, n in status["status_codes"].items()) or "-"),
+        f"cost     ${status['cost_usd']:.4f} reported by the service",
+        f"calls    {status['calls']} from {when(status['first_call_at'])} "
+        f"to {when(status['last_call_at'])}",
+    ]
+    for s in status["sessions"]:
+        ended = "still running or killed" if s["ended_at"] is None else when(s["ended_at"])
+        out.append(
+            f"  run {s['session']}: {when(s['started_at'])} to {ended}, {s['calls']} calls, "
+            f"${s['cost_usd']:.4f}"
+        )
+    if status["next"]:
+        out.append("to continue:")
+        out.extend(f"  {cmd}" for cmd in status["next"])
+    else:
+        out.append("nothing left to send")
+    return "\n".join(out)
