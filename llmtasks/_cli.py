@@ -17,10 +17,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtasks._errors import ConfigError, InputError, LlmtasksError
 from llmtasks._version import __version__
+
+if TYPE_CHECKING:
+    from llmtasks._progress import ProgressReporter
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("llmtasks")
@@ -154,6 +157,11 @@ def _add_submit(sub: Any) -> None:
         "--dry-run",
         action="store_true",
         help="read and validate everything, print counts and the worst-case cost, send nothing",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        help="seconds between progress updates (default: 0.25 on a terminal, else 30)",
     )
     p.add_argument(
         "--emulate",
@@ -453,6 +461,7 @@ async def _service(
 async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int:
     from llmtasks._input import detect_format, read_lines
     from llmtasks._outputs import write_jsonl
+    from llmtasks._progress import ProgressReporter
     from llmtasks._submit import Submitter
 
     fmt = detect_format(args.input, args.format)
@@ -461,6 +470,7 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     rejects_path = args.rejects or _default_path(args.input, "rejects.jsonl")
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
+    progress: ProgressReporter | None = None
     async with _service(args, credentials) as (base_url, login, password):
         submitter = Submitter(
             login=login,
@@ -486,14 +496,25 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _on_signal, submitter)
             try:
+                total = _count_lines(args.input)
                 if not args.no_preflight:
-                    await submitter.preflight(tasks_hint=_count_lines(args.input))
+                    await submitter.preflight(tasks_hint=total)
                 lines = read_lines(args.input, fmt=fmt, default_model=args.model)
+                if not args.quiet:
+                    progress = ProgressReporter(
+                        submitter.stats,
+                        total_lines=total,
+                        limit_per_minute=args.rate * 60 / args.period,
+                        interval_s=args.progress_interval,
+                    )
+                    progress.start()
                 async for _ in submitter.submit_lines(lines):
                     pass
             except LlmtasksError as exc:
                 stop_error = exc
             finally:
+                if progress is not None:
+                    await progress.stop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
             ledger = submitter.ledger
