@@ -143,5 +143,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"llmtasks emulate: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args.host, args.port))
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:  # port taken, address not available
+        print(f"llmtasks emulate: error: {exc}", file=sys.stderr)
+        return 2
     return 0
