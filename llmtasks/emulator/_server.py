@@ -15,7 +15,7 @@ import binascii
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -83,7 +83,12 @@ def _invalid(field: str, reason: str) -> tuple[int, str]:
 
 
 def _parse_datetime(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S %z").timestamp()
+    """``2026-11-25 10:00:00 +00:00``; without an offset the time is taken as UTC."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        naive = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+        return naive.replace(tzinfo=UTC).timestamp()
 
 
 class Emulator:
