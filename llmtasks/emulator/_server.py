@@ -3,8 +3,9 @@
 Every API call goes through ``_serve``: auth (and the spurious-401 fault), the in-flight cap,
 the sliding-window rate limits, the 500 fault, then the endpoint's synchronous handler, then
 the latency and drop faults. Handlers never await, so state changes are atomic.
-Postbacks/pingbacks would hook in where a task is created (``_create``) and where readiness
-is computed (``Store``); they are not implemented.
+Postbacks/pingbacks: ``_create`` hands tasks that ask for one to the ``PushSender``
+(``_postback``), which delivers them at completion time and releases failed ones to
+tasks_ready.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from llmtasks._task import (
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._config import EmulatorConfig
 from llmtasks.emulator._models import CATALOGUE, RESOLVE, Model
+from llmtasks.emulator._postback import Delivery, PushSender, push_url
 from llmtasks.emulator._results import llm_result
 from llmtasks.emulator._state import (
     CallRecord,
@@ -121,6 +123,12 @@ class Emulator:
             se: msgspec.Raw(_ENCODE(w.path_of(w.API, se, w.FUNCTION, "task_post")))
             for se in CATALOGUE
         }
+        self._push = PushSender(
+            done_mono=self._store.done_mono,
+            task_at=self._store.created.__getitem__,
+            result_body=self._push_body,
+            release=lambda index: self._store.release(index, time.monotonic()),
+        )
         self.app = self._make_app()
 
     # ---- public surface -------------------------------------------------------------------
@@ -174,6 +182,7 @@ class Emulator:
     def complete_all(self) -> None:
         """Make every created task done now (tests that do not want to wait)."""
         self._store.complete_all()
+        self._push.rescheduled()
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -189,7 +198,13 @@ class Emulator:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
 
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every postback/pingback attempt, in order."""
+        return self._push.deliveries
+
     async def close(self) -> None:
+        await self._push.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -235,6 +250,7 @@ class Emulator:
         app.router.add_get("/v3/appendix/user_data", api(None, self._user_data))
         app.router.add_get("/_emulator/created", self._inspect_created)
         app.router.add_get("/_emulator/calls", self._inspect_calls)
+        app.router.add_get("/_emulator/deliveries", self._inspect_deliveries)
         app.router.add_get("/_emulator/stats", self._inspect_stats)
         app.router.add_get("/_emulator/config", self._inspect_config)
         app.router.add_post("/_emulator/config", self._set_config)
@@ -405,19 +421,20 @@ class Emulator:
     def _create(
         self, task_id: str, se: str, task: Task, wall: float, data: msgspec.Raw, done_at: float
     ) -> None:
-        self._store.add(
-            CreatedTask(
-                id=task_id,
-                engine=se,
-                tag=task.tag,
-                user_prompt=task.user_prompt or "",
-                model_name=task.model_name or "",
-                posted_at=wall,
-                data=_ANY.decode(data),
-                cost_usd=self._config.task_cost_usd,
-            ),
-            done_at,
+        created = CreatedTask(
+            id=task_id,
+            engine=se,
+            tag=task.tag,
+            user_prompt=task.user_prompt or "",
+            model_name=task.model_name or "",
+            posted_at=wall,
+            data=_ANY.decode(data),
+            cost_usd=self._config.task_cost_usd,
         )
+        push = task.postback_url is not None or task.pingback_url is not None
+        index = self._store.add(created, done_at, held=push and push_url(created) is not None)
+        if push:
+            self._push.schedule(index)
 
     @staticmethod
     def _check(task: Task, resolve: dict[str, Model], se: str) -> Model | tuple[int, str]:
@@ -518,6 +535,12 @@ class Emulator:
             )
             return Reply(200, 20000, w.envelope(w.OK, started, [out]))
         self._store.collect(task, now)
+        return Reply(200, 20000, self._result_envelope(task, done_mono, started))
+
+    def _result_envelope(self, task: CreatedTask, done_mono: float, started: float) -> bytes:
+        """task_get's envelope for a done task (also the body of its postback)."""
+        se = task.engine
+        path = w.path_of(w.API, se, w.FUNCTION, "task_get", task.id)
         model = RESOLVE[se][task.model_name]
         result = llm_result(
             model_name=model.model_name,
@@ -527,8 +550,13 @@ class Emulator:
             cost_usd=task.cost_usd,
         )
         elapsed = w.seconds(time.perf_counter() - started)
-        out = w.TaskOut(task_id, 20000, "Ok.", elapsed, task.cost_usd, 1, path, task.data, [result])
-        return Reply(200, 20000, w.envelope(w.OK, started, [out], task.cost_usd))
+        out = w.TaskOut(task.id, 20000, "Ok.", elapsed, task.cost_usd, 1, path, task.data, [result])
+        return w.envelope(w.OK, started, [out], task.cost_usd)
+
+    def _push_body(self, index: int) -> bytes:
+        return self._result_envelope(
+            self._store.created[index], self._store.done_mono(index), time.perf_counter()
+        )
 
     def _models(self, request: web.Request, body: bytes, now: float, started: float) -> Reply:
         se = request.match_info["se"]
@@ -650,6 +678,10 @@ class Emulator:
 
     async def _inspect_calls(self, request: web.Request) -> web.Response:
         rows = self._calls[self._offset(request) :]
+        return web.Response(body=_ENCODE(rows), content_type="application/json")
+
+    async def _inspect_deliveries(self, request: web.Request) -> web.Response:
+        rows = self._push.deliveries[self._offset(request) :]
         return web.Response(body=_ENCODE(rows), content_type="application/json")
 
     async def _inspect_stats(self, request: web.Request) -> web.Response:

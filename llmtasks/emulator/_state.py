@@ -101,8 +101,10 @@ class Store:
         # Per engine: indexes not yet done (creation order) and ids done but not collected.
         self._pending: dict[str, deque[int]] = {}
         self._ready: dict[str, dict[str, int]] = {}
+        # Tasks with a postback/pingback: they reach tasks_ready only if delivery fails.
+        self._held: set[int] = set()
 
-    def add(self, task: CreatedTask, done_mono: float) -> None:
+    def add(self, task: CreatedTask, done_mono: float, *, held: bool = False) -> int:
         index = len(self.created)
         self.created.append(task)
         self._done_mono.append(done_mono)
@@ -112,6 +114,16 @@ class Store:
             pending = self._pending[task.engine] = deque()
             self._ready[task.engine] = {}
         pending.append(index)
+        if held:
+            self._held.add(index)
+        return index
+
+    def release(self, index: int, now_mono: float) -> None:
+        """A push delivery failed: the task goes to tasks_ready."""
+        task = self.created[index]
+        self._advance(task.engine, now_mono)
+        self._held.discard(index)
+        self._ready[task.engine][task.id] = index
 
     def _advance(self, engine: str, now_mono: float) -> dict[str, int]:
         ready = self._ready.get(engine)
@@ -122,7 +134,8 @@ class Store:
         created = self.created
         while pending and done[pending[0]] <= now_mono:
             index = pending.popleft()
-            ready[created[index].id] = index
+            if index not in self._held:
+                ready[created[index].id] = index
         return ready
 
     def ready(self, engine: str, now_mono: float, limit: int) -> list[CreatedTask]:
@@ -150,7 +163,8 @@ class Store:
             while pending:
                 index = pending.popleft()
                 self._done_mono[index] = min(self._done_mono[index], time.monotonic())
-                ready[self.created[index].id] = index
+                if index not in self._held:
+                    ready[self.created[index].id] = index
 
     def posted_between(self, from_unix: float, to_unix: float) -> list[int]:
         """Indexes of tasks posted within [from, to] at whole-second precision, in order."""
