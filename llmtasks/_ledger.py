@@ -328,6 +328,165 @@ class Ledger:
             )
         return cur.rowcount
 
+    # -- results (collect, receive) -------------------------------------------------------
+    # Added for llmtasks._collect / llmtasks._receiver. Tables are created on first use with
+    # CREATE TABLE IF NOT EXISTS, so ledgers written before results existed still open.
+    # ``lines.collected``: 0 not yet, 1 result collected, 2 the task failed on the service.
+
+    def ensure_results(self) -> None:
+        """Create the results tables if this ledger has none yet (idempotent)."""
+        self._db.executescript(_RESULTS_SCHEMA)
+
+    def uncollected_count(self) -> int:
+        """Created tasks whose result is neither collected nor known to have failed."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM lines WHERE state = 'created' AND collected = 0"
+        ).fetchone()
+        return int(row[0])
+
+    def result_counts(self) -> dict[str, int]:
+        """``created`` tasks, and of them ``collected``, ``failed`` and ``waiting``."""
+        rows = self._db.execute(
+            "SELECT collected, COUNT(*) FROM lines WHERE state = 'created' GROUP BY collected"
+        )
+        by = {int(c): int(n) for c, n in rows}
+        return {
+            "created": sum(by.values()),
+            "collected": by.get(1, 0),
+            "failed": by.get(2, 0),
+            "waiting": by.get(0, 0),
+        }
+
+    def lookup_tasks(
+        self, task_ids: Sequence[str], *, uncollected_only: bool = True
+    ) -> dict[str, TaskRef]:
+        """The lines of these task ids (created lines only; by default not yet collected)."""
+        out: dict[str, TaskRef] = {}
+        extra = " AND collected = 0" if uncollected_only else ""
+        ids = list(task_ids)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
+                f"AND task_id IN ({','.join('?' * len(part))}){extra}",
+                part,
+            )
+            for task_id, line, tag, collected in rows:
+                out[task_id] = TaskRef(task_id, line, tag, int(collected))
+        return out
+
+    def lookup_unrecorded(self, tag: str) -> int | None:
+        """The one line still ``sending``/``unknown`` with this tag: a result may arrive (by
+        postback) before the POST's reply is recorded. None when no line or several match."""
+        rows = self._db.execute(
+            "SELECT line FROM lines WHERE tag = ? AND state IN ('sending', 'unknown') LIMIT 2",
+            (tag,),
+        ).fetchall()
+        return int(rows[0][0]) if len(rows) == 1 else None
+
+    def uncollected(
+        self, *, limit: int, after_line: int = 0, sent_before: float | None = None
+    ) -> list[TaskRef]:
+        """Created, not collected, in line order after ``after_line`` (optionally only those
+        whose POST left before ``sent_before``, unix seconds)."""
+        if sent_before is None:
+            rows = self._db.execute(
+                "SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
+                "AND collected = 0 AND line > ? ORDER BY line LIMIT ?",
+                (after_line, limit),
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT l.task_id, l.line, l.tag, l.collected FROM lines l "
+                "JOIN batches b ON b.batch_id = l.batch_id WHERE l.state = 'created' "
+                "AND l.collected = 0 AND l.line > ? AND b.sent_at < ? ORDER BY l.line LIMIT ?",
+                (after_line, sent_before, limit),
+            )
+        return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
+
+    def mark_fetching(self, refs: Sequence[TaskRef]) -> None:
+        """Write-ahead before task_get: a fetched task leaves tasks_ready for good, so a run
+        killed between the fetch and the record must find these again and fetch them directly."""
+        if not refs:
+            return
+        now = time.time()
+        with _tx(self._db):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO fetching (task_id, line, since) VALUES (?, ?, ?)",
+                [(r.task_id, r.line, now) for r in refs],
+            )
+
+    def unmark_fetching(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        with _tx(self._db):
+            self._db.executemany("DELETE FROM fetching WHERE task_id = ?", [(t,) for t in task_ids])
+
+    def fetching(self) -> list[TaskRef]:
+        """Tasks marked for fetching and not recorded since (an interrupted run's)."""
+        rows = self._db.execute(
+            "SELECT f.task_id, f.line, l.tag, l.collected FROM fetching f "
+            "JOIN lines l ON l.line = f.line ORDER BY f.line"
+        )
+        return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
+
+    def store_results(self, rows: Sequence[ResultRow]) -> int:
+        """Record results in one transaction; a task already recorded keeps its first result.
+        Returns how many were new."""
+        if not rows:
+            return 0
+        now = time.time()
+        new = 0
+        with _tx(self._db):
+            for r in rows:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO results (task_id, line, tag, ok, status_code, "
+                    "status_message, result, via, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.task_id,
+                        r.line,
+                        r.tag,
+                        int(r.ok),
+                        r.status_code,
+                        r.status_message,
+                        r.result,
+                        r.via,
+                        now,
+                    ),
+                )
+                if cur.rowcount:
+                    new += 1
+                    self._db.execute(
+                        "UPDATE lines SET collected = ? WHERE line = ?", (1 if r.ok else 2, r.line)
+                    )
+                self._db.execute("DELETE FROM fetching WHERE task_id = ?", (r.task_id,))
+        return new
+
+    def results_after(self, seq: int, *, limit: int = 2000) -> list[tuple[Any, ...]]:
+        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order."""
+        return list(
+            self._db.execute(
+                "SELECT seq, line, tag, task_id, status_code, status_message, result "
+                "FROM results WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+        )
+
+    def output_mark(self, path: str) -> tuple[int, int] | None:
+        """(last result seq, file size) written to the results file ``path``."""
+        row = self._db.execute(
+            "SELECT seq, size FROM result_outputs WHERE path = ?", (path,)
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def set_output_mark(self, path: str, seq: int, size: int) -> None:
+        with _tx(self._db):
+            self._db.execute(
+                "INSERT INTO result_outputs (path, seq, size) VALUES (?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET seq = excluded.seq, size = excluded.size",
+                (path, seq, size),
+            )
+
 
 def is_final(state: str) -> bool:
     return state in FINAL_STATES
@@ -359,3 +518,47 @@ class _tx:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+_RESULTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL UNIQUE,
+    line INTEGER NOT NULL,
+    tag TEXT,
+    ok INTEGER NOT NULL,
+    status_code INTEGER,
+    status_message TEXT,
+    result TEXT,
+    via TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fetching (
+    task_id TEXT PRIMARY KEY, line INTEGER NOT NULL, since REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS result_outputs (
+    path TEXT PRIMARY KEY, seq INTEGER NOT NULL, size INTEGER NOT NULL
+);
+"""
+
+
+class TaskRef(NamedTuple):
+    """A created task of this ledger: its id, input line and tag."""
+
+    task_id: str
+    line: int
+    tag: str | None
+    collected: int = 0
+
+
+class ResultRow(NamedTuple):
+    """One task's final answer as stored: ``result`` is the task's JSON ``result`` (or None)."""
+
+    task_id: str
+    line: int
+    tag: str | None
+    ok: bool
+    status_code: int | None
+    status_message: str | None
+    result: str | None
+    via: str

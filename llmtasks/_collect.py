@@ -1,0 +1,638 @@
+"""Collect: find the finished tasks of one ledger and fetch their results.
+
+tasks_ready (its own limit: 20 calls per minute, at most 1000 ids per call) says which tasks
+are done; task_get fetches each one of *this* ledger under the account's rate limit and the
+concurrency cap. A task fetched once leaves tasks_ready for good, so the ids are written to
+the ledger (``fetching``) before the fetch: a run killed in between fetches them directly
+next time. Every result is committed to the ledger first and then appended to the results
+file, whose written length is recorded too, so the file holds each task exactly once
+whatever happens (see ``ResultWriter``).
+
+Fallbacks to task_get by id, without tasks_ready: ``direct=True`` (results collected by
+another client, or tasks older than tasks_ready's 3 days); a tasks_ready page full of other
+jobs' tasks (ours may be hidden behind them); tasks posted more than 3 days ago.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import msgspec
+import orjson
+
+from llmtasks._errors import AuthError, ConfigError, FundsError, LlmtasksError, ServiceError
+from llmtasks._ledger import Ledger, ResultRow, TaskRef
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
+from llmtasks._task import ENGINES
+from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport
+
+log = logging.getLogger("llmtasks")
+
+#: tasks_ready shows at most this many ids per call.
+READY_PAGE: Final = 1000
+#: task_get codes of a task that is not done yet.
+RUNNING_CODES: Final = frozenset({40601, 40602})
+#: Per-task codes that say "ask again later", not "this task failed".
+TRANSIENT_TASK_CODES: Final = frozenset({40202, 40209})
+#: tasks_ready lists tasks of the last 3 days: older ones can only be fetched by id.
+READY_HORIZON_S: Final = 3 * 24 * 3600.0
+#: How often (at most) to look for such old tasks by id while waiting.
+STALE_SWEEP_EVERY_S: Final = 3600.0
+AUTH_GLITCH_RETRIES: Final = 3
+_FLUSH_EVERY: Final = 100
+
+Via = Literal["tasks_ready", "direct", "postback", "pingback"]
+
+
+class Result(msgspec.Struct, frozen=True):
+    """One task's answer, matched to its input line. ``result`` is the task's ``result`` list
+    as task_get returns it (``None`` when the task failed on the service side)."""
+
+    line: int
+    tag: str | None
+    task_id: str
+    status_code: int | None
+    status_message: str | None
+    result: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code == 20000
+
+
+class _ReadyItem(msgspec.Struct):
+    id: str
+    tag: str | None = None
+
+
+class _ReadyTask(msgspec.Struct):
+    status_code: int = 0
+    result: list[_ReadyItem] | None = None
+
+
+class _ReadyEnvelope(msgspec.Struct):
+    status_code: int = 0
+    tasks: list[_ReadyTask] | None = None
+
+
+class _GotData(msgspec.Struct):
+    tag: str | None = None
+
+
+class GotTask(msgspec.Struct):
+    """One element of a task_get (or postback) envelope's ``tasks``."""
+
+    status_code: int
+    id: str | None = None
+    status_message: str = ""
+    data: _GotData | None = None
+    result: msgspec.Raw | None = None
+
+
+class GotEnvelope(msgspec.Struct):
+    status_code: int = 0
+    status_message: str = ""
+    tasks: list[GotTask] | None = None
+
+
+_decode_ready = msgspec.json.Decoder(_ReadyEnvelope).decode
+decode_got = msgspec.json.Decoder(GotEnvelope).decode
+
+
+@dataclass
+class CollectStats:
+    """Counters of one collect run."""
+
+    started: float = field(default_factory=time.monotonic)
+    polls: int = 0
+    calls: int = 0
+    retries: int = 0
+    collected: int = 0
+    failed: int = 0
+    not_ready: int = 0
+    foreign: int = 0
+    next_poll_s: float | None = None
+
+
+def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
+    raw = task.result
+    result = None if raw is None or bytes(raw) == b"null" else bytes(raw).decode()
+    ok = task.status_code == 20000
+    return ResultRow(
+        task_id=ref.task_id,
+        line=ref.line,
+        tag=ref.tag,
+        ok=ok,
+        status_code=task.status_code,
+        status_message=task.status_message,
+        result=result if ok else None,
+        via=via,
+    )
+
+
+def to_result(row: ResultRow) -> Result:
+    return Result(
+        line=row.line,
+        tag=row.tag,
+        task_id=row.task_id,
+        status_code=row.status_code,
+        status_message=row.status_message,
+        result=orjson.loads(row.result) if row.result is not None else None,
+    )
+
+
+def default_out(ledger_path: str) -> str:
+    """``prompts.jsonl.ledger.sqlite`` → ``prompts.jsonl.results.jsonl``."""
+    base = ledger_path.removesuffix(".sqlite").removesuffix(".ledger")
+    return f"{base}.results.jsonl"
+
+
+class ResultWriter:
+    """Appends every result recorded in the ledger to one JSONL file, each exactly once.
+
+    The ledger keeps, per file, the last result written and the file's size after it. On open
+    a longer file is cut back to that size (lines written by a run that died before recording
+    them) and a missing or shorter one is rebuilt; then everything recorded since is appended.
+    One writer per file at a time.
+    """
+
+    def __init__(self, ledger: Ledger, path: str) -> None:
+        self._ledger = ledger
+        self.path = os.path.abspath(path)
+        mark = ledger.output_mark(self.path)
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else None
+        if mark is None:
+            if size:
+                raise ConfigError(
+                    f"{path} exists and was not written from ledger {ledger.path}: "
+                    "choose another --out or remove it"
+                )
+            self._seq = 0
+            self._truncate(0)
+        elif size is None or size < mark[1]:
+            if size is not None:
+                log.warning("%s is shorter than recorded: rewriting it from the ledger", path)
+            self._seq = 0
+            self._truncate(0)
+        else:
+            self._seq = mark[0]
+            if size > mark[1]:
+                self._truncate(mark[1])
+        self.written = 0
+        self.catch_up()
+
+    def _truncate(self, size: int) -> None:
+        with open(self.path, "ab") as f:
+            f.truncate(size)
+
+    def catch_up(self) -> int:
+        """Append what the ledger recorded since the last call; returns lines written."""
+        n = 0
+        with open(self.path, "ab") as f:
+            while rows := self._ledger.results_after(self._seq):
+                chunk = b"".join(_line_bytes(row) for row in rows)
+                f.write(chunk)
+                f.flush()
+                self._seq = int(rows[-1][0])
+                n += len(rows)
+                self._ledger.set_output_mark(self.path, self._seq, f.tell())
+        self.written += n
+        return n
+
+
+def _line_bytes(row: tuple[Any, ...]) -> bytes:
+    _seq, line, tag, task_id, code, message, result = row
+    doc = {
+        "line": line,
+        "tag": tag,
+        "task_id": task_id,
+        "status_code": code,
+        "status_message": message,
+        "result": orjson.Fragment(result) if result is not None else None,
+    }
+    return orjson.dumps(doc) + b"\n"
+
+
+class Collector:
+    """Fetch the results of one ledger's created tasks.
+
+    ``async with Collector(login=..., password=..., ledger="run.sqlite") as c:`` then
+    ``async for result in c.collect(wait=True): ...``. With ``out`` every result is also
+    appended to that JSONL file. Errors that stop the run (``AuthError``, ``ServiceError``)
+    are raised after the results already fetched were recorded.
+    """
+
+    def __init__(
+        self,
+        *,
+        login: str,
+        password: str,
+        ledger: str | Ledger,
+        base_url: str = DEFAULT_BASE_URL,
+        engine: str | None = None,
+        out: str | None = None,
+        rate: int = 2000,
+        period_s: float = 60.0,
+        margin_s: float | None = None,
+        concurrency: int | None = None,
+        tasks_ready_rate: int = 20,
+        timeout_s: float = 60.0,
+        max_attempts: int = 8,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        poll_interval_s: float = 5.0,
+        max_poll_interval_s: float = 120.0,
+        allow_insecure: bool = False,
+    ) -> None:
+        if engine is not None and engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        if concurrency is not None and not 1 <= concurrency <= 30:
+            raise ConfigError("concurrency must be 1..30 (the service allows 30 per account)")
+        if max_attempts < 1:
+            raise ConfigError("max attempts must be at least 1")
+        if not 0 < poll_interval_s <= max_poll_interval_s:
+            raise ConfigError("poll interval must be more than 0 and at most the maximum")
+        try:
+            self.limiter = RateLimiter(
+                rate=rate,
+                period_s=period_s,
+                margin_s=margin_s,
+                burst=max(1, min(10, rate // 50)),
+            )
+            self.ready_limiter = RateLimiter(rate=tasks_ready_rate, period_s=60.0, burst=1)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.concurrency = concurrency or max(1, min(30, math.ceil(rate / period_s)))
+        self.gate = ConcurrencyGate(limit=self.concurrency)
+        self.transport = Transport(
+            base_url=base_url,
+            login=login,
+            password=password,
+            timeout_s=timeout_s,
+            max_connections=self.concurrency,
+            allow_insecure=allow_insecure,
+        )
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.poll_interval_s = poll_interval_s
+        self.max_poll_interval_s = max_poll_interval_s
+        self.stats = CollectStats()
+        self._ledger_arg = ledger
+        self._engine_arg = engine
+        self._out_path = out
+        self.ledger: Ledger | None = None
+        self.writer: ResultWriter | None = None
+        self.engine = engine or "chat_gpt"
+        self._successes = 0
+        self._stop = asyncio.Event()
+        self._stop_reason: LlmtasksError | None = None
+        self._buffer: list[ResultRow] = []
+        self._pending_out: list[list[Result]] = []
+        self._out: asyncio.Queue[list[Result] | None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Collector:
+        if isinstance(self._ledger_arg, Ledger):
+            self.ledger = self._ledger_arg
+        else:
+            self.ledger = Ledger.open_existing(self._ledger_arg)
+        if self._engine_arg is not None and self._engine_arg != self.ledger.engine:
+            raise ConfigError(
+                f"ledger {self.ledger.path} holds {self.ledger.engine} tasks, not "
+                f"{self._engine_arg}: leave out --engine or use the right ledger"
+            )
+        self.engine = self.ledger.engine
+        self._base = f"/v3/ai_optimization/{self.engine}/llm_responses"
+        self.ledger.ensure_results()
+        if self._out_path is not None:
+            self.writer = ResultWriter(self.ledger, self._out_path)
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.flush()
+        await self.transport.__aexit__()
+        if self.ledger is not None and not isinstance(self._ledger_arg, Ledger):
+            self.ledger.close()
+
+    def stop(self) -> None:
+        """Graceful stop: no new calls; calls in flight finish and are recorded."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self._stop_reason is not None
+
+    def counts(self) -> dict[str, int]:
+        assert self.ledger is not None
+        return self.ledger.result_counts()
+
+    # -- public entry points ----------------------------------------------------------------
+
+    async def collect(
+        self, *, wait: bool = False, max_wait_s: float | None = None, direct: bool = False
+    ) -> AsyncIterator[Result]:
+        """Yield each newly collected result (failed tasks too, with ``ok`` False).
+
+        Without ``wait`` it stops once tasks_ready shows nothing more of this ledger; with
+        ``wait`` it polls until every created task is collected or failed (or ``max_wait_s``
+        has passed). ``direct`` first asks task_get for every uncollected task by id.
+        """
+        if self.ledger is None:
+            raise RuntimeError("use 'async with Collector(...)' before collecting")
+        out: asyncio.Queue[list[Result] | None] = asyncio.Queue(maxsize=64)
+        self._out = out
+        error: list[BaseException] = []
+
+        async def produce() -> None:
+            try:
+                await self._produce(wait=wait, max_wait_s=max_wait_s, direct=direct)
+            except BaseException as exc:
+                error.append(exc)
+            finally:
+                await self._flush_async()
+                await out.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (item := await out.get()) is not None:
+                for result in item:
+                    yield result
+        finally:
+            if not producer.done():
+                self.stop()
+                while not producer.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(out.get(), timeout=0.1)
+            await producer
+            self._out = None
+        if error:
+            raise error[0]
+        if self._stop_reason is not None:
+            raise self._stop_reason
+
+    async def fetch(self, refs: Sequence[TaskRef], *, via: Via = "direct") -> None:
+        """task_get these tasks now (marked ``fetching`` first) and record what comes back."""
+        assert self.ledger is not None
+        self.ledger.mark_fetching(refs)
+        await self._fetch_all(refs, via)
+        await self._flush_async()
+
+    def store(self, rows: Sequence[ResultRow]) -> int:
+        """Record results that arrived by other means (postbacks); returns how many were new."""
+        self._buffer.extend(rows)
+        return self.flush()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _produce(self, *, wait: bool, max_wait_s: float | None, direct: bool) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
+        leftovers = ledger.fetching()
+        if leftovers:
+            log.info("fetching %d task(s) an earlier run was fetching", len(leftovers))
+            await self._fetch_all(leftovers, "direct")
+        if direct:
+            after = 0
+            while not self.stopping and (
+                refs := ledger.uncollected(limit=READY_PAGE, after_line=after)
+            ):
+                await self._fetch_all(refs, "direct")
+                after = refs[-1].line
+        empty_polls = 0
+        last_stale_sweep = -math.inf
+        while not self.stopping and ledger.uncollected_count() > 0:
+            leftovers = ledger.fetching()
+            if leftovers:
+                await self._fetch_all(leftovers, "direct")
+            ids, full = await self._poll()
+            if self.stopping:
+                break
+            ours = ledger.lookup_tasks(ids)
+            self.stats.foreign += len(ids) - len(ours)
+            if ours:
+                refs = sorted(ours.values(), key=lambda r: r.line)
+                ledger.mark_fetching(refs)
+                await self._fetch_all(refs, "tasks_ready")
+                empty_polls = 0
+                continue
+            if full:
+                # A page full of other jobs' tasks may hide ours: ask for ours by id.
+                await self._fetch_all(ledger.uncollected(limit=READY_PAGE), "direct")
+            now = time.time()
+            if now - last_stale_sweep >= STALE_SWEEP_EVERY_S:
+                last_stale_sweep = now
+                stale = ledger.uncollected(limit=READY_PAGE, sent_before=now - READY_HORIZON_S)
+                if stale:
+                    await self._fetch_all(stale, "direct")
+            if not wait:
+                break
+            delay = min(self.max_poll_interval_s, self.poll_interval_s * 2**empty_polls)
+            empty_polls += 1
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                delay = min(delay, left)
+            await self._sleep(delay)
+
+    async def _sleep(self, delay_s: float) -> None:
+        self.stats.next_poll_s = delay_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay_s)
+        self.stats.next_poll_s = None
+
+    async def _poll(self) -> tuple[list[str], bool]:
+        """One tasks_ready call: (ids, page was full). Retries what failed harmlessly."""
+        auth_glitches = 0
+        for attempt in itertools.count(1):
+            admitted_at = await self.ready_limiter.acquire()
+            if self.stopping:
+                return [], False
+            async with self.gate:
+                reply = await self.transport.get(f"{self._base}/tasks_ready")
+            self.stats.polls += 1
+            if reply.kind == "ok":
+                self._successes += 1
+                try:
+                    env = _decode_ready(reply.body)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("tasks_ready answered something unreadable; trying again later")
+                    return [], False
+                items = [i for t in env.tasks or [] for i in t.result or []]
+                return [i.id for i in items], len(items) >= READY_PAGE
+            if self._retryable(reply, auth_glitches) and attempt < self.max_attempts:
+                if reply.kind == "auth":
+                    auth_glitches += 1
+                if reply.status_code == 40202 or reply.http_status == 429:
+                    self.ready_limiter.slow_down(admitted_at)
+                elif reply.status_code == 40209:
+                    self.gate.lower()
+                self.stats.retries += 1
+                await self._sleep(self._backoff(attempt))
+                continue
+            if reply.kind in ("retry", "unknown"):
+                log.warning("tasks_ready: %s; will try again later", reply.message)
+                return [], False
+            self._stop_reason = stop_error(reply, self._successes)
+            return [], False
+        raise AssertionError("unreachable")
+
+    def _retryable(self, reply: Reply, auth_glitches: int) -> bool:
+        return reply.kind in ("retry", "unknown") or (
+            reply.kind == "auth" and self._successes > 0 and auth_glitches < AUTH_GLITCH_RETRIES
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(cap / 2, cap)
+
+    async def _fetch_all(self, refs: Sequence[TaskRef], via: Via) -> None:
+        it = iter(refs)
+
+        async def worker() -> None:
+            for ref in it:
+                if self.stopping:
+                    return
+                await self._fetch_one(ref, via)
+
+        n = min(len(refs), self.concurrency)
+        await asyncio.gather(*(worker() for _ in range(n)))
+        await self._flush_async()
+
+    async def _fetch_one(self, ref: TaskRef, via: Via) -> None:
+        assert self.ledger is not None
+        path = f"{self._base}/task_get/{ref.task_id}"
+        auth_glitches = 0
+        for attempt in itertools.count(1):
+            admitted_at = await self.limiter.acquire()
+            if self.stopping:
+                return
+            async with self.gate:
+                reply = await self.transport.get(path)
+            self.stats.calls += 1
+            task = None
+            if reply.kind == "ok":
+                self._successes += 1
+                self.gate.success()
+                try:
+                    tasks = decode_got(reply.body).tasks or []
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    tasks = []
+                task = tasks[0] if tasks else None
+                if task is not None and task.status_code not in TRANSIENT_TASK_CODES:
+                    self._record(ref, task, via)
+                    return
+            if (task is not None or self._retryable(reply, auth_glitches)) and (
+                attempt < self.max_attempts
+            ):
+                if reply.kind == "auth":
+                    auth_glitches += 1
+                code = task.status_code if task is not None else reply.status_code
+                if code == 40202 or reply.http_status == 429:
+                    self.limiter.slow_down(admitted_at)
+                elif code == 40209:
+                    self.gate.lower()
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            if reply.kind in ("ok", "retry", "unknown"):
+                # Left marked ``fetching``: the next round (or run) asks again.
+                log.warning("task_get %s: %s; will ask again later", ref.task_id, reply.message)
+                return
+            if self._stop_reason is None:
+                self._stop_reason = stop_error(reply, self._successes)
+            return
+
+    def _record(self, ref: TaskRef, task: GotTask, via: Via) -> None:
+        assert self.ledger is not None
+        if task.status_code in RUNNING_CODES:
+            self.stats.not_ready += 1
+            self.ledger.unmark_fetching([ref.task_id])
+            return
+        echoed = task.data.tag if task.data is not None else None
+        if echoed is not None and ref.tag is not None and echoed != ref.tag:
+            log.warning(
+                "task %s came back with tag %r, the ledger says %r (line %d)",
+                ref.task_id,
+                echoed,
+                ref.tag,
+                ref.line,
+            )
+        self._buffer.append(result_row(ref, task, via))
+        if len(self._buffer) >= _FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> int:
+        """Commit buffered results to the ledger, then to the results file."""
+        if not self._buffer or self.ledger is None:
+            return 0
+        rows, self._buffer = self._buffer, []
+        new = self.ledger.store_results(rows)
+        if self.writer is not None:
+            self.writer.catch_up()
+        results = [to_result(r) for r in rows]
+        for r in results:
+            if r.ok:
+                self.stats.collected += 1
+            else:
+                self.stats.failed += 1
+        if self._out is not None:
+            self._pending_out.append(results)  # handed to the iterator by _flush_async()
+        return new
+
+    async def _flush_async(self) -> None:
+        self.flush()
+        if self._out is not None:
+            while self._pending_out:
+                await self._out.put(self._pending_out.pop(0))
+
+
+def stop_error(reply: Reply, successes: int) -> LlmtasksError:
+    code = ", ".join(
+        p
+        for p in (
+            f"status {reply.status_code}" if reply.status_code is not None else "",
+            f"HTTP {reply.http_status}" if reply.http_status is not None else "",
+        )
+        if p
+    )
+    what = f"{reply.message} ({code or 'no reply'})"
+    if reply.kind == "auth":
+        if successes:
+            return AuthError(f"the service stopped accepting the credentials: {what}")
+        return AuthError(f"the service refused the credentials: {what}")
+    if reply.kind == "funds":
+        return FundsError(f"the account cannot pay: {what}")
+    return ServiceError(f"the service refused the call: {what}")
+
+
+async def collect(
+    ledger: str | Ledger,
+    *,
+    login: str,
+    password: str,
+    wait: bool = False,
+    max_wait_s: float | None = None,
+    direct: bool = False,
+    **options: Any,
+) -> AsyncIterator[Result]:
+    """``async for result in collect("run.sqlite", login=..., password=...)``: the results of
+    a ledger's tasks as they are fetched. ``options`` are ``Collector``'s (``base_url``,
+    ``out``, ``rate``, ``concurrency``, ``poll_interval_s``, ...)."""
+    async with Collector(login=login, password=password, ledger=ledger, **options) as c:
+        async for result in c.collect(wait=wait, max_wait_s=max_wait_s, direct=direct):
+            yield result
