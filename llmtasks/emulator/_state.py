@@ -7,6 +7,7 @@ worked out lazily from a creation-ordered deque, which scales to millions of tas
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 from collections import deque
@@ -168,8 +169,6 @@ class Store:
 
     def posted_between(self, from_unix: float, to_unix: float) -> list[int]:
         """Indexes of tasks posted within [from, to] at whole-second precision, in order."""
-        import bisect
-
         created = self.created
         lo = bisect.bisect_left(created, from_unix, key=lambda c: c.posted_at)
         hi = bisect.bisect_left(created, to_unix + 1.0, key=lambda c: c.posted_at)
