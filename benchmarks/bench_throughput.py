@@ -48,9 +48,8 @@ def _read_tasks(path: str) -> list[dict[str, Any]]:
 
 def worker_raw(url: str, path: str, concurrency: int) -> dict[str, Any]:
     import aiohttp
-    import msgspec
-
     import bench_emulator
+    import msgspec
 
     tasks = _read_tasks(path)
     bodies = [msgspec.json.encode(tasks[i : i + 100]) for i in range(0, len(tasks), 100)]
@@ -84,7 +83,12 @@ def worker_raw(url: str, path: str, concurrency: int) -> dict[str, Any]:
 
     cpu0 = c.self_cpu_s()
     elapsed = asyncio.run(run())
-    return {"seconds": elapsed, "cpu_s": c.self_cpu_s() - cpu0, "created": created, "errors": errors}
+    return {
+        "seconds": elapsed,
+        "cpu_s": c.self_cpu_s() - cpu0,
+        "created": created,
+        "errors": errors,
+    }
 
 
 def worker_official(url: str, path: str, concurrency: int) -> dict[str, Any]:
@@ -238,7 +242,9 @@ def main() -> int:
                 }
             result["clients"] = clients
             ours = clients["llmtasks"]["tasks_per_s"]
-            ratios = {"llmtasks_vs_raw_aiohttp": round(ours / clients["raw_aiohttp"]["tasks_per_s"], 3)}
+            ratios = {
+                "llmtasks_vs_raw_aiohttp": round(ours / clients["raw_aiohttp"]["tasks_per_s"], 3)
+            }
             if "dataforseo_client" in clients:
                 ratios["llmtasks_vs_dataforseo_client"] = round(
                     ours / clients["dataforseo_client"]["tasks_per_s"], 2
@@ -252,7 +258,9 @@ def main() -> int:
             if not args.no_profile:
                 prof = work / "submit.prof"
                 llmtasks_run(inp, "prof", profile_to=prof)
-                result["llmtasks_profile_top_tottime"] = profile_top(prof, 25 if not args.quick else 5)
+                result["llmtasks_profile_top_tottime"] = profile_top(
+                    prof, 25 if not args.quick else 5
+                )
     path = c.save("throughput", result, quick=args.quick)
     brief = {k: v for k, v in result.items() if k != "llmtasks_profile_top_tottime"}
     for v in brief.get("clients", {}).values():
