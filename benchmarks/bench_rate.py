@@ -218,32 +218,37 @@ async def _client(
 
 
 def plot(cases: list[dict[str, Any]], path: Path) -> None:
+    """Window counts over the whole run, and the first two windows up close."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig, (ax, zoom) = plt.subplots(
+        1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]}
+    )
     styles = {"llmtasks": "-", "aiolimiter": "--"}
-    rate = period = None
+    rate, period = cases[0]["rate"], cases[0]["period_s"]
     for case in cases:
         if case["client"] not in styles:
             continue
-        rate, period = case["rate"], case["period_s"]
-        label = case["client"] + (
-            f" + {case['jitter_ms']:g} ms jitter" if case["jitter_ms"] else ""
-        )
+        jitter = f" + 0-{case['jitter_ms']:g} ms jitter" if case["jitter_ms"] else ""
+        label = f"{case['client']}{jitter} ({case['status_40202']} × 40202)"
         xs = [t for t, _ in case["series"]]
         ys = [n for _, n in case["series"]]
-        ax.plot(xs, ys, styles[case["client"]], label=f"{label} ({case['status_40202']} × 40202)")
-    if rate is not None:
-        ax.axhline(rate, color="red", linewidth=1, label=f"limit: {rate} per {period:g} s")
-    ax.set_xlabel("seconds since the first call")
+        for axis in (ax, zoom):
+            axis.plot(xs, ys, styles[case["client"]], label=label)
+    for axis in (ax, zoom):
+        axis.axhline(rate, color="red", linewidth=1, label=f"limit: {rate} per {period:g} s")
+        axis.set_xlabel("seconds since the first call")
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
     ax.set_ylabel(f"calls arrived in the last {period:g} s")
-    ax.set_title("Calls per sliding window as the server counts them")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    ax.set_title("Calls per sliding window, as the server counts them")
+    ax.legend(loc="lower center", fontsize=8)
+    zoom.set_xlim(0, 2.5 * period)
+    zoom.set_ylim(0.8 * rate, 2.05 * rate)
+    zoom.set_title("first windows, up close")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -283,7 +288,15 @@ def main() -> int:
         help="one more llmtasks case at this limit (default 1000 10; none with --quick)",
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the plot from results/rate.json"
+    )
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((c.RESULTS / "rate.json").read_text())
+        first = saved["cases"][0]
+        plot([x for x in saved["cases"] if x["rate"] == first["rate"]], c.IMG / "rate-windows.png")
+        return 0
     q = args.quick
     args.rate = args.rate or (20 if q else 200)
     args.period = args.period or (1.0 if q else 5.0)
