@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconcile(sub)
     _add_status(sub)
     _add_export(sub)
+    from llmtasks import _cli_results
+
+    _cli_results.register(sub)
     from llmtasks.emulator import _command as emulate_command
 
     emulate_command.register(sub)

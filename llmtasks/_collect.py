@@ -96,7 +96,7 @@ class GotTask(msgspec.Struct):
     id: str | None = None
     status_message: str = ""
     data: _GotData | None = None
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class GotEnvelope(msgspec.Struct):
@@ -126,7 +126,8 @@ class CollectStats:
 
 def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
     raw = task.result
-    result = None if raw is None or bytes(raw) == b"null" else bytes(raw).decode()
+    text = bytes(raw)
+    result = None if text in (b"", b"null") else text.decode()
     ok = task.status_code == 20000
     return ResultRow(
         task_id=ref.task_id,

@@ -1,0 +1,385 @@
+"""The ``collect``, ``models`` and ``receive`` subcommands (registered by ``_cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import Any
+
+from llmtasks._cli import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    _add_common,
+    _add_service,
+    _credentials,
+    _positive_float,
+    _positive_int,
+)
+from llmtasks._errors import ConfigError, LlmtasksError
+from llmtasks._task import ENGINES
+
+COLLECT_EPILOG = """\
+examples:
+  llmtasks collect --ledger prompts.jsonl.ledger.sqlite             what is ready now
+  llmtasks collect --ledger prompts.jsonl.ledger.sqlite --wait      until every task is done
+  llmtasks collect --ledger run.sqlite --out answers.jsonl --direct   ask for each task by id
+
+each output line: {"line", "tag", "task_id", "status_code", "status_message", "result"}.
+re-running continues: results already written are not fetched or written again.
+polling: tasks_ready at most 20 times a minute; with --wait, after a poll that found nothing,
+wait --poll-interval seconds, doubling up to --max-poll-interval (defaults 5 and 120).
+"""
+
+RECEIVE_EPILOG = """\
+example:
+  llmtasks receive --port 8080 --ledger prompts.jsonl.ledger.sqlite --out results.jsonl
+  # then submit with postback_url "https://your.host:8080/postback?id=$id&tag=$tag"
+  # (or pingback_url ".../pingback?id=$id&tag=$tag") in each task
+
+prints one line "llmtasks receiver listening on http://HOST:PORT" on stdout, then serves
+until Ctrl-C / SIGTERM (or, with --until-done, until every created task is collected).
+"""
+
+
+def register(sub: Any) -> None:
+    _add_collect(sub)
+    _add_models(sub)
+    _add_receive(sub)
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rate", type=_positive_int, default=2000, help="task_get calls per period (default 2000)"
+    )
+    p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
+    p.add_argument(
+        "--margin", type=float, help="seconds added to the period for safety (default 1%% of it)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        help="simultaneous calls, at most 30 (default: enough for the rate)",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for a reply (60)"
+    )
+    p.add_argument(
+        "--max-attempts", type=_positive_int, default=8, help="tries of a failed call (default 8)"
+    )
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    if args.concurrency is not None and args.concurrency > 30:
+        raise ConfigError("--concurrency must be at most 30 (the service allows 30 per account)")
+    return {
+        "rate": args.rate,
+        "period_s": args.period,
+        "margin_s": args.margin,
+        "concurrency": args.concurrency,
+        "timeout_s": args.timeout,
+        "max_attempts": args.max_attempts,
+        "allow_insecure": args.allow_insecure,
+    }
+
+
+def _default_out(ledger: str) -> str:
+    from llmtasks._collect import default_out
+
+    return default_out(ledger)
+
+
+# -- collect --------------------------------------------------------------------------------
+
+
+def _add_collect(sub: Any) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="fetch the results of a ledger's tasks into a JSONL file",
+        description="Poll tasks_ready, fetch every finished task of this ledger with "
+        "task_get, append one JSON line per task to --out and record it in the ledger.",
+        epilog=COLLECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ledger", required=True, help="the ledger of the submit run")
+    p.add_argument(
+        "--out",
+        help="results JSONL, appended to (default: LEDGER without .ledger.sqlite + .results.jsonl)",
+    )
+    p.add_argument("--engine", choices=ENGINES, help="must match the ledger (default: its engine)")
+    _add_service(p)
+    _add_limits(p)
+    p.add_argument(
+        "--tasks-ready-rate",
+        type=_positive_int,
+        default=20,
+        help="tasks_ready calls per minute (default 20, the service's limit)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="keep polling until every created task is collected"
+    )
+    p.add_argument("--max-wait", type=_positive_float, help="with --wait: give up after SECONDS")
+    p.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=5.0,
+        help="seconds after an empty poll, doubling each time (default 5)",
+    )
+    p.add_argument(
+        "--max-poll-interval",
+        type=_positive_float,
+        default=120.0,
+        help="longest wait between polls (default 120)",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="first ask task_get for every uncollected task by id (for tasks older than "
+        "tasks_ready's 3 days, or collected by another client)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=30.0,
+        help="seconds between progress lines (default 30)",
+    )
+    _add_common(p)
+    p.set_defaults(handler=cmd_collect)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    if args.max_poll_interval < args.poll_interval:
+        raise ConfigError("--max-poll-interval must be at least --poll-interval")
+    login, password = _credentials(args)
+    return asyncio.run(_collect(args, login, password))
+
+
+def _progress_line(c: Any, elapsed_s: float) -> str:
+    counts = c.counts()
+    s = c.stats
+    nxt = f"; next poll in {s.next_poll_s:.0f} s" if s.next_poll_s else ""
+    return (
+        f"llmtasks: collect: {counts['collected']} of {counts['created']} created tasks "
+        f"collected, {counts['failed']} failed, {counts['waiting']} waiting; "
+        f"{s.polls} polls, {s.calls} task_get calls in {elapsed_s:.0f} s{nxt}"
+    )
+
+
+async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
+    from llmtasks._collect import Collector
+
+    out = args.out or _default_out(args.ledger)
+    collector = Collector(
+        login=login,
+        password=password,
+        ledger=args.ledger,
+        base_url=args.base_url,
+        engine=args.engine,
+        out=out,
+        tasks_ready_rate=args.tasks_ready_rate,
+        poll_interval_s=args.poll_interval,
+        max_poll_interval_s=args.max_poll_interval,
+        **_limits(args),
+    )
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        print("llmtasks: stopping: finishing the calls in flight", file=sys.stderr)
+        collector.stop()
+
+    started = time.monotonic()
+    stop_error: LlmtasksError | None = None
+    async with collector:
+        ledger = collector.ledger
+        assert ledger is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(args.progress_interval)
+                print(_progress_line(collector, time.monotonic() - started), file=sys.stderr)
+
+        reporter = None if args.quiet else asyncio.create_task(progress())
+        try:
+            async for _ in collector.collect(
+                wait=args.wait, max_wait_s=args.max_wait, direct=args.direct
+            ):
+                pass
+        except LlmtasksError as exc:
+            stop_error = exc
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        counts = collector.counts()
+        states = ledger.counts()
+        if not args.quiet:
+            print(_progress_line(collector, time.monotonic() - started), file=sys.stderr)
+            print(f"llmtasks: results in {out}", file=sys.stderr)
+            if counts["failed"]:
+                print(
+                    f"llmtasks: {counts['failed']} task(s) failed on the service side (their "
+                    "lines have a status_code other than 20000 and no result)",
+                    file=sys.stderr,
+                )
+            not_created = sum(
+                n for s, n in states.items() if s in ("pending", "sending", "unknown")
+            )
+            if not_created:
+                print(
+                    f"llmtasks: {not_created} line(s) of the ledger are not created tasks yet "
+                    "(pending or unknown): collect does not wait for them",
+                    file=sys.stderr,
+                )
+    if stop_error is not None:
+        raise stop_error
+    if interrupted:
+        print("llmtasks: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if counts["waiting"] == 0 and counts["failed"] == 0 else EXIT_INCOMPLETE
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list an engine's models and whether task_post takes them",
+        description="Print the models endpoint of an engine as a table (or JSON).",
+        epilog="examples:\n  llmtasks models --engine claude\n"
+        "  llmtasks models --engine chat_gpt --json | jq -r '.[].model_name'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--engine", choices=ENGINES, default="chat_gpt")
+    p.add_argument("--json", action="store_true", help="a JSON array of the model objects")
+    _add_service(p)
+    p.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for a reply (60)"
+    )
+    _add_common(p)
+    p.set_defaults(handler=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    login, password = _credentials(args)
+    return asyncio.run(_models(args, login, password))
+
+
+async def _models(args: argparse.Namespace, login: str, password: str) -> int:
+    import msgspec
+
+    from llmtasks._models import ModelCatalog, format_table
+    from llmtasks._transport import Transport
+
+    async with Transport(
+        base_url=args.base_url,
+        login=login,
+        password=password,
+        timeout_s=args.timeout,
+        allow_insecure=args.allow_insecure,
+    ) as transport:
+        models = await ModelCatalog(transport).models(args.engine)
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(models)) + b"\n")
+    else:
+        print(format_table(models, args.engine))
+    return EXIT_OK
+
+
+# -- receive --------------------------------------------------------------------------------
+
+
+def _add_receive(sub: Any) -> None:
+    p = sub.add_parser(
+        "receive",
+        help="serve postbacks and pingbacks and store the results against a ledger",
+        description="A small HTTP server for the service's push delivery: gzip postbacks "
+        "(POST) are stored at once; after a pingback (GET ?id=&tag=) the result is fetched "
+        "with task_get. Tasks not in the ledger get 404, so the service lists them in "
+        "tasks_ready instead.",
+        epilog=RECEIVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--port", type=int, default=8080, help="TCP port (0: any free one; 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--ledger", required=True, help="the ledger of the submit run")
+    p.add_argument("--out", help="results JSONL (default as for collect)")
+    p.add_argument(
+        "--until-done",
+        action="store_true",
+        help="exit once submit is done with the ledger and every created task is collected",
+    )
+    _add_service(p)
+    _add_limits(p)
+    _add_common(p)
+    p.set_defaults(handler=cmd_receive)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    try:
+        login, password = _credentials(args)
+    except ConfigError:
+        # Postbacks carry their result; only pingbacks need task_get.
+        login, password = "", ""
+    return asyncio.run(_receive(args, login, password))
+
+
+async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
+    from llmtasks._receiver import Receiver, serve_until
+
+    out = args.out or _default_out(args.ledger)
+    receiver = Receiver(
+        ledger=args.ledger,
+        out=out,
+        host=args.host,
+        port=args.port,
+        login=login,
+        password=password,
+        base_url=args.base_url,
+        **_limits(args),
+    )
+    if not receiver.can_fetch:
+        print(
+            "llmtasks: warning: no credentials (DATAFORSEO_LOGIN/PASSWORD): pingbacks are "
+            "recorded but not fetched; run 'llmtasks collect' later to fetch them",
+            file=sys.stderr,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await receiver.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+        print(f"llmtasks receiver listening on {receiver.url}", flush=True)
+        await serve_until(receiver, stop, until_done=args.until_done)
+        done = receiver.done()
+    finally:
+        await receiver.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    s = receiver.stats
+    if not args.quiet:
+        print(
+            f"llmtasks: receive: {s.postbacks} postbacks, {s.pingbacks} pingbacks, {s.stored} "
+            f"results stored, {s.duplicates} duplicates, {s.foreign} not in the ledger; "
+            f"results in {out}",
+            file=sys.stderr,
+        )
+    return EXIT_OK if done or not args.until_done else EXIT_INCOMPLETE
