@@ -49,7 +49,9 @@ READY_HORIZON_S: Final = 3 * 24 * 3600.0
 #: How often (at most) to look for such old tasks by id while waiting.
 STALE_SWEEP_EVERY_S: Final = 3600.0
 AUTH_GLITCH_RETRIES: Final = 3
+# Results are committed (and yielded) in groups: every 100, or half a second after the last.
 _FLUSH_EVERY: Final = 100
+_FLUSH_AFTER_S: Final = 0.5
 
 Via = Literal["tasks_ready", "direct", "postback", "pingback"]
 
@@ -300,6 +302,7 @@ class Collector:
         self._stop_reason: LlmtasksError | None = None
         self._buffer: list[ResultRow] = []
         self._pending_out: list[list[Result]] = []
+        self._flushed_at = time.monotonic()
         self._out: asyncio.Queue[list[Result] | None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -536,6 +539,11 @@ class Collector:
                 task = tasks[0] if tasks else None
                 if task is not None and task.status_code not in TRANSIENT_TASK_CODES:
                     self._record(ref, task, via)
+                    if (
+                        len(self._buffer) >= _FLUSH_EVERY
+                        or time.monotonic() - self._flushed_at >= _FLUSH_AFTER_S
+                    ):
+                        await self._flush_async()
                     return
             if (task is not None or self._retryable(reply, auth_glitches)) and (
                 attempt < self.max_attempts
@@ -574,14 +582,13 @@ class Collector:
                 ref.line,
             )
         self._buffer.append(result_row(ref, task, via))
-        if len(self._buffer) >= _FLUSH_EVERY:
-            self.flush()
 
     def flush(self) -> int:
         """Commit buffered results to the ledger, then to the results file."""
         if not self._buffer or self.ledger is None:
             return 0
         rows, self._buffer = self._buffer, []
+        self._flushed_at = time.monotonic()
         new = self.ledger.store_results(rows)
         if self.writer is not None:
             self.writer.catch_up()
