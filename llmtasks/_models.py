@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from llmtasks._errors import ConfigError, ServiceError
+from llmtasks._errors import AuthError, ConfigError, ServiceError
 from llmtasks._task import ENGINES
 from llmtasks._transport import Transport
 
@@ -50,6 +50,8 @@ async def fetch_models(transport: Transport, engine: str) -> list[ModelInfo]:
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     reply = await transport.get(models_path(engine))
+    if reply.kind == "auth":
+        raise AuthError(f"the service refused the credentials ({reply.message})")
     if reply.kind != "ok":
         raise ServiceError(f"models for {engine}: {reply.message or reply.kind}")
     try:
