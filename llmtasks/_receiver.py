@@ -213,12 +213,16 @@ class Receiver:
         return web.Response(text="ok\n")
 
     async def _fetch(self, collector: Collector, ref: TaskRef) -> None:
-        before = collector.stats.collected + collector.stats.failed
         try:
             await collector.fetch([ref], via="pingback")
         except Exception as exc:  # a background fetch must not take the server down
             log.warning("task_get %s after its pingback: %s", ref.task_id, exc)
-        self.stats.stored += collector.stats.collected + collector.stats.failed - before
+            return
+        ledger = collector.ledger
+        if ledger is not None:
+            now = ledger.lookup_tasks([ref.task_id], uncollected_only=False).get(ref.task_id)
+            if now is not None and now.collected:
+                self.stats.stored += 1
 
     def _ledger_exists(self) -> bool:
         return os.path.exists(self._ledger_path)
