@@ -63,8 +63,8 @@ def default_concurrency(rate: int, period_s: float, *, latency_s: float = 1.0) -
 def default_burst(rate: int) -> int:
     """Bucket capacity C. With C = 1 every late timer wake-up (a millisecond or so on a busy
     loop) is lost for good; a few tokens of slack absorb it. Each token costs 1/rate of the
-    limit, so keep C near 1% of the rate."""
-    return max(1, min(10, rate // 50))
+    limit, so keep C near 1% of the rate: at least 2, at most 10."""
+    return max(1, min(rate - 1, max(2, min(10, rate // 100))))
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -179,6 +179,7 @@ class Submitter:
         self._successes = 0
         self._reserved_usd = 0.0
         self._out: asyncio.Queue[list[Receipt] | None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -208,7 +209,26 @@ class Submitter:
         await self.transport.__aenter__()
         return self
 
+    async def _drain(self) -> None:
+        """Stop a run whose receipts nobody reads any more (the caller left its loop early):
+        send nothing new, let the calls in flight finish and record them."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return
+        if not supervisor.done():
+            self._interrupted = True
+            while not supervisor.done():
+                if self._out is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._out.get(), timeout=0.05)
+                else:
+                    await asyncio.sleep(0.05)
+        await supervisor
+
     async def __aexit__(self, *exc: object) -> None:
+        # An async generator left by ``break`` is closed only when collected: finish it here,
+        # before the connection closes under its calls in flight.
+        await self._drain()
         await self.transport.__aexit__()
         if self.ledger is not None:
             self.stats.ended = self.stats.ended or time.monotonic()
@@ -314,19 +334,13 @@ class Submitter:
                 await asyncio.gather(*senders, return_exceptions=True)
                 await out.put(None)
 
-        supervisor = asyncio.create_task(supervise())
+        self._supervisor = asyncio.create_task(supervise())
         try:
             while (item := await out.get()) is not None:
                 for receipt in item:
                     yield receipt
         finally:
-            if not supervisor.done():
-                # The consumer left early: stop cleanly and drain what is in flight.
-                self._interrupted = True
-                while not supervisor.done():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(out.get(), timeout=0.1)
-            await supervisor
+            await self._drain()
             self.stats.ended = time.monotonic()
         if self._error is not None:
             raise self._error

@@ -7,6 +7,7 @@ is ``unknown`` and must never be resent silently.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from typing import Final, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -130,7 +131,9 @@ class Transport:
         allow_insecure: bool = False,
     ) -> None:
         self.base_url = check_base_url(base_url, allow_insecure=allow_insecure)
-        self._auth = aiohttp.BasicAuth(login, password)
+        # Built here once and kept only in the session's default headers: never logged.
+        token = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+        self._headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -138,10 +141,9 @@ class Transport:
     async def __aenter__(self) -> Transport:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
-            auth=self._auth,
             timeout=self._timeout,
             connector=connector,
-            headers={"Content-Type": "application/json"},
+            headers=self._headers,
             raise_for_status=False,
         )
         return self
