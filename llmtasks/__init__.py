@@ -1,6 +1,7 @@
 """llmtasks: submit prompts in bulk to DataForSEO's LLM Responses task API, under the
 account's rate limit, with an exact record of what became of every prompt."""
 
+from llmtasks._collect import Collector, Result, collect
 from llmtasks._errors import (
     AuthError,
     ConfigError,
@@ -11,7 +12,9 @@ from llmtasks._errors import (
 )
 from llmtasks._input import InputLine, read_lines
 from llmtasks._ledger import Ledger
+from llmtasks._models import ModelCatalog, ModelInfo
 from llmtasks._receipt import Receipt
+from llmtasks._receiver import Receiver
 from llmtasks._submit import RunStats, Submitter
 from llmtasks._task import ChainMessage, Task
 from llmtasks._version import __version__
@@ -19,17 +22,23 @@ from llmtasks._version import __version__
 __all__ = [
     "AuthError",
     "ChainMessage",
+    "Collector",
     "ConfigError",
     "FundsError",
     "InputError",
     "InputLine",
     "Ledger",
     "LlmtasksError",
+    "ModelCatalog",
+    "ModelInfo",
     "Receipt",
+    "Receiver",
+    "Result",
     "RunStats",
     "ServiceError",
     "Submitter",
     "Task",
     "__version__",
+    "collect",
     "read_lines",
 ]

@@ -162,6 +162,14 @@ def _add_submit(sub: Any) -> None:
         help="read and validate everything, print counts and the worst-case cost, send nothing",
     )
     p.add_argument(
+        "--postback-url",
+        help="the service POSTs each result here when done; '$id' and '$tag' are filled in "
+        "(quote them: '...?id=$id'); see 'llmtasks receive'",
+    )
+    p.add_argument(
+        "--pingback-url", help="the service GETs this when a task is done ('$id', '$tag')"
+    )
+    p.add_argument(
         "--progress-interval",
         type=_positive_float,
         help="seconds between progress updates (default: 0.25 on a terminal, else 30)",
@@ -494,6 +502,8 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             max_task_cost_usd=args.max_task_cost_usd,
             resend_unknown=args.resend_unknown,
             allow_insecure=args.allow_insecure,
+            postback_url=args.postback_url,
+            pingback_url=args.pingback_url,
         )
         async with submitter:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -132,6 +132,8 @@ class Submitter:
         max_task_cost_usd: float = DEFAULT_MAX_TASK_COST_USD,
         resend_unknown: bool = False,
         allow_insecure: bool = False,
+        postback_url: str | None = None,
+        pingback_url: str | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -160,6 +162,15 @@ class Submitter:
         self.max_cost_usd = max_cost_usd
         self.max_task_cost_usd = max_task_cost_usd
         self.resend_unknown = resend_unknown
+        # Set on tasks that leave them unset; $id and $tag stay literal for the service.
+        self.push_fields = {
+            k: v
+            for k, v in (("postback_url", postback_url), ("pingback_url", pingback_url))
+            if v is not None
+        }
+        for name, url in self.push_fields.items():
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an http(s) URL")
         self.path = f"/v3/ai_optimization/{engine}/llm_responses/task_post"
         self.transport = Transport(
             base_url=base_url,
@@ -282,6 +293,8 @@ class Submitter:
                 ours,
                 limit,
             )
+        if self.default_model:
+            await self._check_model(self.default_model)
         balance = info.get("balance_usd")
         if tasks_hint is not None and isinstance(balance, int | float):
             worst = tasks_hint * self.max_task_cost_usd
@@ -295,6 +308,18 @@ class Submitter:
                     worst,
                 )
         return info
+
+    async def _check_model(self, name: str) -> None:
+        from llmtasks._models import ModelCatalog
+
+        await self.limiter.acquire()  # the models call counts against the account's rate
+        try:
+            warning = await ModelCatalog(self.transport).check(self.engine, name)
+        except LlmtasksError as exc:
+            log.warning("could not check --model %s against the models list: %s", name, exc)
+            return
+        if warning:
+            log.warning("%s", warning)
 
     # -- public entry points -------------------------------------------------------------
 
@@ -376,8 +401,8 @@ class Submitter:
             for il in chunk:
                 self.stats.lines_read += 1
                 task = il.task
-                if task is not None and task.tag is None:
-                    task = msgspec.structs.replace(task, tag=f"{tag_prefix}{il.line}")
+                if task is not None:
+                    task = self._complete(task, f"{tag_prefix}{il.line}")
                 prior = known.get(il.line)
                 if prior is not None:
                     digest, state = prior
@@ -415,6 +440,13 @@ class Submitter:
                     batch = []
         if batch and not self._halted():
             await batches.put(batch)
+
+    def _complete(self, task: Task, tag: str) -> Task:
+        changes: dict[str, Any] = {} if task.tag is not None else {"tag": tag}
+        for name, value in self.push_fields.items():
+            if getattr(task, name) is None:
+                changes[name] = value
+        return msgspec.structs.replace(task, **changes) if changes else task
 
     async def _send_loop(self, batches: asyncio.Queue[_Batch | None]) -> None:
         while (batch := await batches.get()) is not None:

@@ -195,3 +195,34 @@ def test_credentials_never_in_outputs(emulator, tmp_path: Path) -> None:
     assert LOGIN not in everything
     assert orjson.dumps(PASSWORD).decode() not in everything
     assert base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode() not in everything
+
+
+def test_model_warning_and_push_urls(emulator, tmp_path: Path) -> None:
+    emu = emulator()
+    txt = tmp_path / "p.txt"
+    txt.write_text("one\ntwo\n")
+    r = run_cli("submit", str(txt), "--base-url", emu.url, "--model", "gpt-9-turbo")
+    assert "llmtasks: warning: model 'gpt-9-turbo' is not in the chat_gpt models list" in r.stderr
+    assert r.returncode == 1  # the service rejects the unknown model: lines rejected, not lost
+    assert {x["state"] for x in read_jsonl(tmp_path / "p.txt.receipts.jsonl")} == {"rejected"}
+
+    hook = "http://127.0.0.1:9/hook?id=$id&tag=$tag"
+    r = run_cli(
+        "submit",
+        str(txt),
+        "--base-url",
+        emu.url,
+        "--model",
+        "gpt-4.1-mini",
+        "--ledger",
+        str(tmp_path / "b.sqlite"),
+        "--postback-url",
+        hook,
+        "--pingback-url",
+        "http://127.0.0.1:9/ping?id=$id",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "llmtasks: warning" not in r.stderr
+    data = [t["data"] for t in emu.created()]
+    assert [d["postback_url"] for d in data] == [hook, hook]
+    assert [d["pingback_url"] for d in data] == ["http://127.0.0.1:9/ping?id=$id"] * 2
