@@ -21,7 +21,6 @@ import itertools
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ from typing import Any, Final, Literal
 import msgspec
 import orjson
 
-from llmtasks._errors import AuthError, ConfigError, FundsError, LlmtasksError, ServiceError
+from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._task import ENGINES
-from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport
+from llmtasks._throttle import LocalThrottle, RetryPolicy, default_burst, default_concurrency
+from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport, stop_error
 
 log = logging.getLogger("llmtasks")
 
@@ -48,7 +48,6 @@ TRANSIENT_TASK_CODES: Final = frozenset({40202, 40209})
 READY_HORIZON_S: Final = 3 * 24 * 3600.0
 #: How often (at most) to look for such old tasks by id while waiting.
 STALE_SWEEP_EVERY_S: Final = 3600.0
-AUTH_GLITCH_RETRIES: Final = 3
 # Results are committed (and yielded) in groups: every 100, or half a second after the last.
 _FLUSH_EVERY: Final = 100
 _FLUSH_AFTER_S: Final = 0.5
@@ -267,16 +266,20 @@ class Collector:
             raise ConfigError("poll interval must be more than 0 and at most the maximum")
         try:
             self.limiter = RateLimiter(
-                rate=rate,
-                period_s=period_s,
-                margin_s=margin_s,
-                burst=max(1, min(10, rate // 50)),
+                rate=rate, period_s=period_s, margin_s=margin_s, burst=default_burst(rate)
             )
             self.ready_limiter = RateLimiter(rate=tasks_ready_rate, period_s=60.0, burst=1)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.concurrency = concurrency or max(1, min(30, math.ceil(rate / period_s)))
+        self.concurrency = concurrency or default_concurrency(rate, period_s)
         self.gate = ConcurrencyGate(limit=self.concurrency)
+        # task_get counts against the account's rate; tasks_ready has its own; both share
+        # the account's cap on simultaneous calls.
+        self.throttle = LocalThrottle(self.limiter, self.gate)
+        self.ready_throttle = LocalThrottle(self.ready_limiter, self.gate)
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        )
         self.transport = Transport(
             base_url=base_url,
             login=login,
@@ -285,9 +288,6 @@ class Collector:
             max_connections=self.concurrency,
             allow_insecure=allow_insecure,
         )
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
         self.stats = CollectStats()
@@ -463,11 +463,11 @@ class Collector:
         """One tasks_ready call: (ids, page was full). Retries what failed harmlessly."""
         auth_glitches = 0
         for attempt in itertools.count(1):
-            admitted_at = await self.ready_limiter.acquire()
             if self.stopping:
                 return [], False
-            async with self.gate:
+            async with self.ready_throttle.slot() as admitted_at:
                 reply = await self.transport.get(f"{self._base}/tasks_ready")
+            self.ready_throttle.react(reply, admitted_at)
             self.stats.polls += 1
             if reply.kind == "ok":
                 self._successes += 1
@@ -478,15 +478,10 @@ class Collector:
                     return [], False
                 items = [i for t in env.tasks or [] for i in t.result or []]
                 return [i.id for i in items], len(items) >= READY_PAGE
-            if self._retryable(reply, auth_glitches) and attempt < self.max_attempts:
-                if reply.kind == "auth":
-                    auth_glitches += 1
-                if reply.status_code == 40202 or reply.http_status == 429:
-                    self.ready_limiter.slow_down(admitted_at)
-                elif reply.status_code == 40209:
-                    self.gate.lower()
+            if self._retryable(reply, auth_glitches) and attempt < self.retry.max_attempts:
+                auth_glitches += reply.kind == "auth"
                 self.stats.retries += 1
-                await self._sleep(self._backoff(attempt))
+                await self._sleep(self.retry.delay_s(attempt))
                 continue
             if reply.kind in ("retry", "unknown"):
                 log.warning("tasks_ready: %s; will try again later", reply.message)
@@ -496,13 +491,9 @@ class Collector:
         raise AssertionError("unreachable")
 
     def _retryable(self, reply: Reply, auth_glitches: int) -> bool:
-        return reply.kind in ("retry", "unknown") or (
-            reply.kind == "auth" and self._successes > 0 and auth_glitches < AUTH_GLITCH_RETRIES
+        return self.retry.retryable(
+            reply, successes=self._successes, auth_glitches=auth_glitches, idempotent=True
         )
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return random.uniform(cap / 2, cap)
 
     async def _fetch_all(self, refs: Sequence[TaskRef], via: Via) -> None:
         it = iter(refs)
@@ -522,16 +513,15 @@ class Collector:
         path = f"{self._base}/task_get/{ref.task_id}"
         auth_glitches = 0
         for attempt in itertools.count(1):
-            admitted_at = await self.limiter.acquire()
             if self.stopping:
                 return
-            async with self.gate:
+            async with self.throttle.slot() as admitted_at:
                 reply = await self.transport.get(path)
+            self.throttle.react(reply, admitted_at)
             self.stats.calls += 1
             task = None
             if reply.kind == "ok":
                 self._successes += 1
-                self.gate.success()
                 try:
                     tasks = decode_got(reply.body).tasks or []
                 except (msgspec.DecodeError, msgspec.ValidationError):
@@ -546,17 +536,12 @@ class Collector:
                         await self._flush_async()
                     return
             if (task is not None or self._retryable(reply, auth_glitches)) and (
-                attempt < self.max_attempts
+                attempt < self.retry.max_attempts
             ):
-                if reply.kind == "auth":
-                    auth_glitches += 1
-                code = task.status_code if task is not None else reply.status_code
-                if code == 40202 or reply.http_status == 429:
-                    self.limiter.slow_down(admitted_at)
-                elif code == 40209:
-                    self.gate.lower()
+                # A task not done yet, or a call that created nothing: ask again later.
+                auth_glitches += reply.kind == "auth"
                 self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self.retry.delay_s(attempt))
                 continue
             if reply.kind in ("ok", "retry", "unknown"):
                 # Left marked ``fetching``: the next round (or run) asks again.
@@ -607,25 +592,6 @@ class Collector:
         if self._out is not None:
             while self._pending_out:
                 await self._out.put(self._pending_out.pop(0))
-
-
-def stop_error(reply: Reply, successes: int) -> LlmtasksError:
-    code = ", ".join(
-        p
-        for p in (
-            f"status {reply.status_code}" if reply.status_code is not None else "",
-            f"HTTP {reply.http_status}" if reply.http_status is not None else "",
-        )
-        if p
-    )
-    what = f"{reply.message} ({code or 'no reply'})"
-    if reply.kind == "auth":
-        if successes:
-            return AuthError(f"the service stopped accepting the credentials: {what}")
-        return AuthError(f"the service refused the credentials: {what}")
-    if reply.kind == "funds":
-        return FundsError(f"the account cannot pay: {what}")
-    return ServiceError(f"the service refused the call: {what}")
 
 
 async def collect(

@@ -13,8 +13,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import math
-import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,27 +42,27 @@ from llmtasks._task import (
     decode_task,
     explain,
 )
-from llmtasks._transport import DEFAULT_BASE_URL, INVALID_TASK_CODES, Reply, Transport
+from llmtasks._throttle import (
+    LocalThrottle,
+    RetryPolicy,
+    Throttle,
+    default_burst,
+    default_concurrency,
+)
+from llmtasks._transport import (
+    DEFAULT_BASE_URL,
+    INVALID_TASK_CODES,
+    Reply,
+    Transport,
+    describe_code,
+    stop_error,
+)
 
 log = logging.getLogger("llmtasks")
 
 #: The most one task can cost: the documented example charges $0.0102 (prepayment $0.01).
 DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
-#: Auth errors after earlier successes: the service answers 401 for a few seconds under load.
-AUTH_GLITCH_RETRIES: Final = 3
 _READ_CHUNK: Final = 512
-
-
-def default_concurrency(rate: int, period_s: float, *, latency_s: float = 1.0) -> int:
-    """Enough simultaneous calls for the full rate at ``latency_s`` per call, at most 30."""
-    return max(1, min(30, math.ceil(rate / period_s * latency_s)))
-
-
-def default_burst(rate: int) -> int:
-    """Bucket capacity C. With C = 1 every late timer wake-up (a millisecond or so on a busy
-    loop) is lost for good; a few tokens of slack absorb it. Each token costs 1/rate of the
-    limit, so keep C near 1% of the rate: at least 2, at most 10."""
-    return max(1, min(rate - 1, max(2, min(10, rate // 100))))
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -134,6 +132,7 @@ class Submitter:
         allow_insecure: bool = False,
         postback_url: str | None = None,
         pingback_url: str | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -153,12 +152,13 @@ class Submitter:
             raise ConfigError(str(exc)) from None
         self.concurrency = concurrency or default_concurrency(rate, period_s)
         self.gate = ConcurrencyGate(limit=self.concurrency)
+        self.throttle: Throttle = throttle or LocalThrottle(self.limiter, self.gate)
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        )
         self.engine = engine
         self.batch_size = batch_size
         self.default_model = default_model
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.max_cost_usd = max_cost_usd
         self.max_task_cost_usd = max_task_cost_usd
         self.resend_unknown = resend_unknown
@@ -261,11 +261,13 @@ class Submitter:
             reply = await self.transport.get("/v3/appendix/user_data")
             if reply.kind in ("ok", "auth", "fatal"):
                 break
-            await asyncio.sleep(self._backoff(attempt))  # free and read-only: safe to repeat
+            await asyncio.sleep(self.retry.delay_s(attempt))  # free and read-only: safe to repeat
         if reply.kind == "auth":
-            raise AuthError(f"the service refused the credentials ({_code(reply)})")
+            raise AuthError(f"the service refused the credentials ({describe_code(reply)})")
         if reply.kind == "fatal":
-            raise ServiceError(f"cannot read account data: {reply.message} ({_code(reply)})")
+            raise ServiceError(
+                f"cannot read account data: {reply.message} ({describe_code(reply)})"
+            )
         if reply.kind != "ok":
             raise _AccountUnavailable(f"cannot read account data: {reply.message}")
         doc = orjson.loads(reply.body)
@@ -312,9 +314,9 @@ class Submitter:
     async def _check_model(self, name: str) -> None:
         from llmtasks._models import ModelCatalog
 
-        await self.limiter.acquire()  # the models call counts against the account's rate
         try:
-            warning = await ModelCatalog(self.transport).check(self.engine, name)
+            async with self.throttle.slot():  # the models call counts against the account
+                warning = await ModelCatalog(self.transport).check(self.engine, name)
         except LlmtasksError as exc:
             log.warning("could not check --model %s against the models list: %s", name, exc)
             return
@@ -474,8 +476,7 @@ class Submitter:
         worst = len(batch) * self.max_task_cost_usd
         auth_glitches = 0
         for attempt in itertools.count(1):
-            admitted_at = await self.limiter.acquire()
-            async with self.gate:
+            async with self.throttle.slot() as admitted_at:
                 if self._halted():
                     await self._leave_pending(batch, "not sent: the run stopped")
                     return
@@ -493,9 +494,9 @@ class Submitter:
                     reply = await self.transport.post(self.path, body)
                 finally:
                     self._reserved_usd -= worst
+            self.throttle.react(reply, admitted_at)
             if reply.kind == "ok":
                 self._successes += 1
-                self.gate.success()
                 await self._record_ok(batch, batch_id, reply, attempt)
                 return
             if reply.kind == "unknown":
@@ -503,21 +504,16 @@ class Submitter:
                     batch, batch_id, "unknown", reply, attempt, f"reply lost: {reply.message}"
                 )
                 return
-            retryable = reply.kind == "retry" or (
-                reply.kind == "auth" and self._successes > 0 and auth_glitches < AUTH_GLITCH_RETRIES
+            retryable = self.retry.retryable(
+                reply, successes=self._successes, auth_glitches=auth_glitches
             )
-            if retryable and attempt < self.max_attempts and not self._halted():
-                if reply.kind == "auth":
-                    auth_glitches += 1
-                if reply.status_code == 40202 or reply.http_status == 429:
-                    self.limiter.slow_down(admitted_at)
-                elif reply.status_code == 40209:
-                    self.gate.lower()
+            if retryable and attempt < self.retry.max_attempts and not self._halted():
+                auth_glitches += reply.kind == "auth"
                 self.stats.retries += 1
                 # Certainly nothing was created: the lines are pending again while we wait.
                 await self._record_all(batch, batch_id, "pending", reply, attempt, None, emit=False)
                 log.info("retrying a call (%s), attempt %d", reply.message, attempt + 1)
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self.retry.delay_s(attempt))
                 continue
             # Nothing was created; these lines wait for a later run.
             if reply.kind == "retry":
@@ -525,14 +521,9 @@ class Submitter:
             else:
                 reason = f"not sent: {reply.message}"
                 if self._stop_reason is None:
-                    self._stop_reason = _stop_error(reply, self._successes)
+                    self._stop_reason = stop_error(reply, self._successes)
             await self._record_all(batch, batch_id, "pending", reply, attempt, reason)
             return
-
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with jitter, so that senders that failed together do not retry together.
-        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return random.uniform(cap / 2, cap)
 
     async def _record_all(
         self,
@@ -657,26 +648,6 @@ class Submitter:
 
 class _AccountUnavailable(ServiceError):
     """user_data did not answer; the run can go on without it."""
-
-
-def _stop_error(reply: Reply, successes: int) -> LlmtasksError:
-    what = f"{reply.message} ({_code(reply)})"
-    if reply.kind == "auth":
-        if successes:
-            return AuthError(f"the service stopped accepting the credentials: {what}")
-        return AuthError(f"the service refused the credentials: {what}")
-    if reply.kind == "funds":
-        return FundsError(f"the account cannot pay for more tasks: {what}")
-    return ServiceError(f"the service refused the call: {what}")
-
-
-def _code(reply: Reply) -> str:
-    parts = []
-    if reply.status_code is not None:
-        parts.append(f"status {reply.status_code}")
-    if reply.http_status is not None:
-        parts.append(f"HTTP {reply.http_status}")
-    return ", ".join(parts) or "no reply"
 
 
 def _field_of(message: str) -> str | None:

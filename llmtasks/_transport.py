@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from llmtasks._errors import ConfigError
+from llmtasks._errors import AuthError, ConfigError, FundsError, LlmtasksError, ServiceError
 
 DEFAULT_BASE_URL: Final = "https://api.dataforseo.com"
 
@@ -179,3 +179,25 @@ def _describe(exc: BaseException) -> str:
     # aiohttp's messages name host and port, never headers, so no credential can leak here.
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def describe_code(reply: Reply) -> str:
+    """``status 40100, HTTP 401``: what the service said, for messages."""
+    parts = []
+    if reply.status_code is not None:
+        parts.append(f"status {reply.status_code}")
+    if reply.http_status is not None:
+        parts.append(f"HTTP {reply.http_status}")
+    return ", ".join(parts) or "no reply"
+
+
+def stop_error(reply: Reply, successes: int) -> LlmtasksError:
+    """The error that stops a run after an ``auth``, ``funds`` or ``fatal`` reply."""
+    what = f"{reply.message} ({describe_code(reply)})"
+    if reply.kind == "auth":
+        if successes:
+            return AuthError(f"the service stopped accepting the credentials: {what}")
+        return AuthError(f"the service refused the credentials: {what}")
+    if reply.kind == "funds":
+        return FundsError(f"the account cannot pay for more tasks: {what}")
+    return ServiceError(f"the service refused the call: {what}")
