@@ -81,6 +81,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 2/4, not {text!r}") from None
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"I/N needs 1 <= I <= N, not {text!r}")
+    return i, n
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
@@ -168,6 +178,13 @@ def _add_submit(sub: Any) -> None:
     )
     p.add_argument(
         "--pingback-url", help="the service GETs this when a task is done ('$id', '$tag')"
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="submit only lines I, I+N, I+2N, ... (for N processes on one input; each shard "
+        "has its own ledger, INPUT.shard-I-of-N.ledger.sqlite by default)",
     )
     p.add_argument(
         "--progress-interval",
@@ -476,9 +493,10 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     from llmtasks._submit import Submitter
 
     fmt = detect_format(args.input, args.format)
-    ledger_path = args.ledger or _default_path(args.input, "ledger.sqlite")
-    receipts_path = args.receipts or _default_path(args.input, "receipts.jsonl")
-    rejects_path = args.rejects or _default_path(args.input, "rejects.jsonl")
+    part = "" if args.shard is None else f"shard-{args.shard[0]}-of-{args.shard[1]}."
+    ledger_path = args.ledger or _default_path(args.input, f"{part}ledger.sqlite")
+    receipts_path = args.receipts or _default_path(args.input, f"{part}receipts.jsonl")
+    rejects_path = args.rejects or _default_path(args.input, f"{part}rejects.jsonl")
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
     progress: ProgressReporter | None = None
@@ -504,12 +522,15 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             allow_insecure=args.allow_insecure,
             postback_url=args.postback_url,
             pingback_url=args.pingback_url,
+            shard=args.shard,
         )
         async with submitter:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _on_signal, submitter)
             try:
                 total = _count_lines(args.input)
+                if total is not None and args.shard is not None:
+                    total = len(range(args.shard[0] - 1, total, args.shard[1]))
                 if not args.no_preflight:
                     await submitter.preflight(tasks_hint=total)
                 lines = read_lines(args.input, fmt=fmt, default_model=args.model)

@@ -103,7 +103,12 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, input_name: str = "", engine: str = "chat_gpt"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        input_name: str = "",
+        engine: str = "chat_gpt",
+        shard: str = "",
     ) -> Ledger:
         """Open or create. ``:memory:`` gives a ledger that lives as long as the object."""
         spath = os.fspath(path)
@@ -129,8 +134,15 @@ class Ledger:
                         ("engine", engine),
                         ("input", input_name),
                         ("created_at", repr(time.time())),
+                        ("shard", shard),
                     ],
                 )
+        elif meta.get("shard", "") != shard:
+            conn.close()
+            raise ConfigError(
+                f"ledger {spath} belongs to shard {meta.get('shard') or 'none'!r}, not "
+                f"{shard or 'none'!r}; use another --ledger"
+            )
         elif meta.get("engine") != engine:
             conn.close()
             raise ConfigError(

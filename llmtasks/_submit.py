@@ -133,6 +133,7 @@ class Submitter:
         postback_url: str | None = None,
         pingback_url: str | None = None,
         throttle: Throttle | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -157,6 +158,11 @@ class Submitter:
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
         self.engine = engine
+        if shard is not None and not 1 <= shard[0] <= shard[1]:
+            raise ConfigError(f"shard must be I/N with 1 <= I <= N, not {shard[0]}/{shard[1]}")
+        # Shard I of N takes lines I, I + N, I + 2N, ...: every shard moves through the
+        # whole input at the same pace, so N processes finish together.
+        self.shard = shard
         self.batch_size = batch_size
         self.default_model = default_model
         self.max_cost_usd = max_cost_usd
@@ -199,7 +205,10 @@ class Submitter:
             self.ledger = self._ledger_arg
         else:
             self.ledger = Ledger.open(
-                self._ledger_arg or ":memory:", input_name=self._input_name, engine=self.engine
+                self._ledger_arg or ":memory:",
+                input_name=self._input_name,
+                engine=self.engine,
+                shard="" if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
             )
         self.ledger.begin_session()
         found = self.ledger.recover_interrupted()
@@ -401,6 +410,8 @@ class Submitter:
             receipts: list[Receipt] = []
             to_send: _Batch = []
             for il in chunk:
+                if self.shard is not None and (il.line - 1) % self.shard[1] != self.shard[0] - 1:
+                    continue  # another process's line
                 self.stats.lines_read += 1
                 task = il.task
                 if task is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -226,3 +228,58 @@ def test_model_warning_and_push_urls(emulator, tmp_path: Path) -> None:
     data = [t["data"] for t in emu.created()]
     assert [d["postback_url"] for d in data] == [hook, hook]
     assert [d["pingback_url"] for d in data] == ["http://127.0.0.1:9/ping?id=$id"] * 2
+
+
+def test_shards_split_one_input_between_processes(emulator, tmp_path: Path) -> None:
+    emu = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 301)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmtasks",
+                "submit",
+                str(src),
+                "--base-url",
+                emu.url,
+                "--shard",
+                f"{i}/3",
+                "--batch-size",
+                "7",
+                "--rate",
+                "600",
+                "--period",
+                "60",
+            ],
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 2, 3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    created = emu.created()
+    assert sorted(t["user_prompt"] for t in created) == sorted(
+        f"prompt number {i}: which brands lead?" for i in range(301)
+    )
+    for i, n in ((1, 101), (2, 100), (3, 100)):
+        receipts = read_jsonl(tmp_path / f"in.jsonl.shard-{i}-of-3.receipts.jsonl")
+        assert [r["line"] for r in receipts] == list(range(i, 302, 3))[:n]
+    wrong = run_cli(
+        "submit",
+        str(src),
+        "--base-url",
+        emu.url,
+        "--shard",
+        "2/3",
+        "--ledger",
+        str(tmp_path / "in.jsonl.shard-1-of-3.ledger.sqlite"),
+    )
+    assert wrong.returncode == 2 and "belongs to shard '1/3'" in wrong.stderr
+    bad = run_cli("submit", str(src), "--shard", "4/3")
+    assert bad.returncode == 2 and "I/N" in bad.stderr
