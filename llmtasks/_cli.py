@@ -531,6 +531,13 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                 total = _count_lines(args.input)
                 if total is not None and args.shard is not None:
                     total = len(range(args.shard[0] - 1, total, args.shard[1]))
+                ledger = submitter.ledger
+                assert ledger is not None
+                if args.input != "-" and ledger.last_line():
+                    # Resuming: check the whole input against the ledger before any call.
+                    await submitter.verify(
+                        read_lines(args.input, fmt=fmt, default_model=args.model)
+                    )
                 if not args.no_preflight:
                     await submitter.preflight(tasks_hint=total)
                 lines = read_lines(args.input, fmt=fmt, default_model=args.model)

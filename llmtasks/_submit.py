@@ -346,6 +346,32 @@ class Submitter:
         """Submit lines from ``llmtasks._input.read_lines`` (or built the same way)."""
         return self._run(_chunked(lines))
 
+    async def verify(self, lines: Iterable[InputLine] | AsyncIterable[InputLine]) -> None:
+        """Refuse (``InputError``) an input that is not the one this ledger recorded, before
+        anything is sent. Reads the input once more; only the lines already recorded."""
+        ledger = self.ledger
+        assert ledger is not None
+        last_known = ledger.last_line()
+        seen = 0
+        async for chunk in _chunked(lines):
+            if chunk[0].line > last_known:
+                return
+            known = ledger.known(chunk[0].line, chunk[-1].line)
+            for il in chunk:
+                seen = il.line
+                prior = known.get(il.line)
+                if prior is not None and prior[0] != il.digest:
+                    raise self._changed(f"line {il.line} is not the line recorded")
+        if seen < last_known:
+            raise self._changed(f"it has {seen} lines, the ledger recorded {last_known}")
+
+    def _changed(self, what: str) -> InputError:
+        assert self.ledger is not None
+        return InputError(
+            f"{self._input_name or 'input'}: {what} in ledger {self.ledger.path}: the input "
+            "changed since that run. Use a new --ledger for a new input."
+        )
+
     # -- the pipeline ----------------------------------------------------------------------
 
     async def _run(self, chunks: AsyncIterator[list[InputLine]]) -> AsyncIterator[Receipt]:
@@ -420,11 +446,7 @@ class Submitter:
                 if prior is not None:
                     digest, state = prior
                     if digest != il.digest:
-                        raise InputError(
-                            f"{self._input_name or 'input'} line {il.line} is not the line "
-                            f"recorded in ledger {ledger.path}: the input changed since that "
-                            "run. Use a new --ledger for a new input."
-                        )
+                        raise self._changed(f"line {il.line} is not the line recorded")
                     if state == "pending" and task is not None:
                         to_send.append((il.line, task))
                     else:

@@ -92,12 +92,16 @@ def test_appended_lines_are_sent_on_rerun_and_changed_lines_refused(
     assert again.returncode == 0, again.stderr
     assert len(emu.created()) == 70
     lines = src.read_bytes().splitlines(keepends=True)
-    lines[9] = b'{"user_prompt": "changed", "model_name": "gpt-4.1-mini"}\n'
-    src.write_bytes(b"".join(lines))
+    src.write_bytes(b"".join([*lines[:9], b'{"user_prompt": "changed"}\n', *lines[10:]]))
+    calls = len(emu.calls())
     refused = run_cli("submit", str(src), "--base-url", emu.url)
     assert refused.returncode == 2
     assert "line 10" in refused.stderr and "changed" in refused.stderr
-    assert len(emu.created()) == 70
+    src.write_bytes(b"".join(lines[:60]))
+    shorter = run_cli("submit", str(src), "--base-url", emu.url)
+    assert shorter.returncode == 2
+    assert "it has 60 lines, the ledger recorded 70" in shorter.stderr
+    assert len(emu.calls()) == calls, "refused before any call, even the free one"
 
 
 def test_missing_credentials_exit_2_before_reading_input(tmp_path: Path) -> None:
