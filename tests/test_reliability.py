@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import cli_env, read_jsonl, run_cli, write_prompts
 
 
@@ -196,7 +198,8 @@ def test_resend_unknown_sends_again_and_says_so(emulator, tmp_path: Path) -> Non
     assert len(emu.created()) == 20
 
 
-def test_sigterm_drains_in_flight_and_exits_130(emulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: int) -> None:
     emu = emulator("--latency-ms", "300")
     src = tmp_path / "in.jsonl"
     write_prompts(src, 400)
@@ -223,7 +226,7 @@ def test_sigterm_drains_in_flight_and_exits_130(emulator, tmp_path: Path) -> Non
         text=True,
     )
     time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     states = Counter(s for s, _, _ in _ledger_rows(ledger).values())

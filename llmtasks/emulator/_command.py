@@ -20,6 +20,12 @@ def register(subparsers: Any) -> None:
         help="run a local emulator of the LLM Responses API",
         description="Run a local emulator of DataForSEO's LLM Responses task API. "
         "Every fault is off by default.",
+        epilog="examples:\n"
+        "  llmtasks emulate --port 8765 --rate 2000 --completion-delay 5\n"
+        "  llmtasks emulate --port 0 --fail-rate 0.05 --drop-rate 0.02 --seed 1\n"
+        "  llmtasks submit prompts.jsonl --base-url http://127.0.0.1:8765   "
+        "(credentials login / password)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = _DEFAULTS
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
