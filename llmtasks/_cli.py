@@ -187,6 +187,13 @@ def _add_submit(sub: Any) -> None:
         "has its own ledger, INPUT.shard-I-of-N.ledger.sqlite by default)",
     )
     p.add_argument(
+        "--limiter",
+        metavar="URL",
+        default=os.environ.get("LLMTASKS_LIMITER"),
+        help="share one account's limits with other processes through Redis, "
+        "redis://HOST:PORT/DB (env LLMTASKS_LIMITER; see docs/fleet.md)",
+    )
+    p.add_argument(
         "--progress-interval",
         type=_positive_float,
         help="seconds between progress updates (default: 0.25 on a terminal, else 30)",
@@ -500,7 +507,19 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
     progress: ProgressReporter | None = None
-    async with _service(args, credentials) as (base_url, login, password):
+    from llmtasks._shared import shared_throttle
+
+    async with (
+        _service(args, credentials) as (base_url, login, password),
+        shared_throttle(
+            args.limiter,
+            login=login,
+            rate=args.rate,
+            period_s=args.period,
+            margin_s=args.margin,
+            max_in_flight=args.concurrency,
+        ) as throttle,
+    ):
         submitter = Submitter(
             login=login,
             password=password,
@@ -523,6 +542,7 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             postback_url=args.postback_url,
             pingback_url=args.pingback_url,
             shard=args.shard,
+            throttle=throttle,
         )
         async with submitter:
             for sig in (signal.SIGINT, signal.SIGTERM):
