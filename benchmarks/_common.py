@@ -108,6 +108,24 @@ def write_input(path: Path, lines: int) -> Path:
     return path
 
 
+_HWM_MARK = "\nllmtasks-bench VmHWM: "
+# Runs ``python -m llmtasks ARGS`` and, at exit, writes the process's own peak RSS (VmHWM of
+# its post-exec address space) to stderr, where run_cli() takes it off again.
+_HWM_LAUNCHER = f"""
+import atexit, runpy, sys
+
+def _hwm():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    sys.stderr.write({_HWM_MARK!r} + kb + "\\n")
+    sys.stderr.flush()
+
+atexit.register(_hwm)
+sys.argv = ["llmtasks", *sys.argv[1:]]
+runpy.run_module("llmtasks", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_cli(
     args: Sequence[str],
     *,
@@ -119,10 +137,10 @@ def run_cli(
 
     ``os.wait4`` gives the rusage of exactly this child (``ru_maxrss`` in KiB on Linux).
     """
-    cmd = [sys.executable]
     if profile_to is not None:
-        cmd += ["-m", "cProfile", "-o", str(profile_to)]
-    cmd += ["-m", "llmtasks", *args]
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "llmtasks", *args]
+    else:
+        cmd = [sys.executable, "-c", _HWM_LAUNCHER, *args]
     env = {**os.environ, **CREDENTIALS}
     stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
@@ -147,14 +165,22 @@ def run_cli(
         if stdin_path is not None:
             stdin.close()  # type: ignore[union-attr]
     wall = time.perf_counter() - started
+    text = err.decode(errors="replace")
+    hwm_kb = None
+    if _HWM_MARK in text:
+        head, _, tail = text.rpartition(_HWM_MARK)
+        hwm_kb, text = int(tail.split()[0]), head
     return {
         "exit": proc.returncode,
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "user_s": usage.ru_utime,
         "sys_s": usage.ru_stime,
-        "max_rss_mb": usage.ru_maxrss / 1024,
-        "stderr": err.decode(errors="replace"),
+        # VmHWM of the process itself; ru_maxrss also counts the pages of this (parent)
+        # process that the child had mapped between fork and exec.
+        "max_rss_mb": (hwm_kb if hwm_kb is not None else usage.ru_maxrss) / 1024,
+        "ru_maxrss_mb": usage.ru_maxrss / 1024,
+        "stderr": text,
     }
 
 
