@@ -23,8 +23,8 @@ import time
 from collections import deque
 from types import TracebackType
 
-# Float rounding may leave the bucket a few ulps above the admission threshold at the exact
-# moment it should admit; without a tolerance the wake-up timer would spin at that instant.
+# A timer lands on a float clock, a hair before or after the exact moment the bucket
+# reaches the admission threshold; the tolerance saves a second wake-up for that hair.
 # 1e-9 of a token cannot add a call: a window would need a whole extra token for that.
 _EPS = 1e-9
 
@@ -100,7 +100,7 @@ class RateLimiter:
             return now
         fut: asyncio.Future[float] = loop.create_future()
         self._waiters.append(fut)
-        self._arm(now)
+        self._arm()
         try:
             return await fut
         except asyncio.CancelledError:
@@ -108,7 +108,7 @@ class RateLimiter:
             if fut.cancelled():
                 if fut in self._waiters:  # _wake() may have dropped it already
                     self._waiters.remove(fut)
-                self._arm(loop.time())
+                self._arm()
             raise
 
     def slow_down(self, admitted_at: float | None = None) -> bool:
@@ -127,7 +127,7 @@ class RateLimiter:
         self._leak(now)  # the tokens drained so far drained at the old rate
         self._cut_to = max(self.FLOOR, self._fraction(now) / 2)
         self._cut_at = now
-        self._arm(now)
+        self._arm()
         return True
 
     def _now(self) -> float:
@@ -152,15 +152,20 @@ class RateLimiter:
     def _ready(self) -> bool:
         return self._level <= self._burst - 1 + _EPS
 
-    def _arm(self, now: float) -> None:
+    def _arm(self) -> None:
         """(Re)start the timer that admits the first waiter once the bucket has drained enough."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._waiters and self._loop is not None:
-            refill = self._max_refill * self._fraction(self._checked_at)
-            wait_s = max(0.0, (self._level - (self._burst - 1)) / refill)
-            self._timer = self._loop.call_at(now + wait_s, self._wake)
+            when = self._checked_at
+            if not self._ready():
+                refill = self._max_refill * self._fraction(self._checked_at)
+                when += (self._level - (self._burst - 1)) / refill
+                # A wait shorter than the clock's resolution rounds to "now": the timer would
+                # find the bucket unchanged and re-arm for the same instant forever.
+                when = max(when, math.nextafter(self._checked_at, math.inf))
+            self._timer = self._loop.call_at(when, self._wake)
 
     def _wake(self) -> None:
         assert self._loop is not None
@@ -172,7 +177,7 @@ class RateLimiter:
             if not fut.done():
                 self._level += 1
                 fut.set_result(now)
-        self._arm(now)
+        self._arm()
 
 
 class ConcurrencyGate:
