@@ -1,13 +1,15 @@
 """The SQLite ledger: one row per input line, the source of truth for resume and reconcile.
 
-Write-ahead discipline: a batch is committed as ``sending`` *before* its POST, so a process
-killed at any moment leaves lines that a later run finds and marks ``unknown`` instead of
-resending them. WAL with ``synchronous=NORMAL`` survives a killed process (not a power cut)
-at the price of no fsync per commit, which keeps each commit well under a millisecond.
+Write-ahead discipline: a batch (with the numbers of its lines) is committed as ``sending``
+*before* its POST, so a process killed at any moment leaves batches whose lines a later run
+marks ``unknown`` instead of resending them. WAL with ``synchronous=NORMAL`` survives a
+killed process (not a power cut) at the price of no fsync per commit, which keeps each
+commit well under a millisecond.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import secrets
 import sqlite3
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS batches (
     http_status INTEGER,
     status_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    note TEXT
+    note TEXT,
+    lines BLOB
 );
 CREATE TABLE IF NOT EXISTS lines (
     line INTEGER PRIMARY KEY,
@@ -58,10 +61,10 @@ CREATE TABLE IF NOT EXISTS lines (
     batch_id INTEGER,
     collected INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS lines_state ON lines (state);
-CREATE INDEX IF NOT EXISTS lines_batch ON lines (batch_id);
-CREATE INDEX IF NOT EXISTS lines_task_id ON lines (task_id);
 """
+# No index on ``lines`` while submitting: task ids are random, so an index on them costs more
+# than everything else a line needs. Only the commands that look tasks up by id create it.
+_TASK_ID_INDEX = "CREATE INDEX IF NOT EXISTS lines_task_id ON lines (task_id);"
 
 
 class NewLine(NamedTuple):
@@ -188,17 +191,25 @@ class Ledger:
             )
 
     def recover_interrupted(self) -> int:
-        """Lines left ``sending`` by a process that died: their POST may have created tasks."""
+        """Batches left ``sending`` by a process that died: their POST may have created tasks,
+        so their lines become ``unknown`` (never resent without reconcile)."""
         with _tx(self._db):
+            batches = self._db.execute(
+                "SELECT batch_id, lines FROM batches WHERE state = 'sending'"
+            ).fetchall()
+            n = 0
+            for batch_id, packed in batches:
+                cur = self._db.executemany(
+                    "UPDATE lines SET state = 'unknown', batch_id = ?, "
+                    "reason = 'interrupted while sending' WHERE line = ? AND state = 'pending'",
+                    [(batch_id, line) for line in _unpack(packed)],
+                )
+                n += cur.rowcount
             self._db.execute(
                 "UPDATE batches SET state = 'unknown', note = 'interrupted while sending' "
                 "WHERE state = 'sending'"
             )
-            cur = self._db.execute(
-                "UPDATE lines SET state = 'unknown', reason = 'interrupted while sending' "
-                "WHERE state = 'sending'"
-            )
-        return cur.rowcount
+        return n
 
     # -- reading --------------------------------------------------------------------------
 
@@ -208,6 +219,11 @@ class Ledger:
             "SELECT line, digest, state FROM lines WHERE line BETWEEN ? AND ?", (first, last)
         )
         return {line: (digest, state) for line, digest, state in rows}
+
+    def batches_sending(self) -> int:
+        """Calls in flight now, or cut off by a process that died (the next run finds them)."""
+        row = self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'sending'").fetchone()
+        return int(row[0])
 
     def last_line(self) -> int:
         row = self._db.execute("SELECT MAX(line) FROM lines").fetchone()
@@ -270,19 +286,17 @@ class Ledger:
             )
 
     def mark_sending(self, lines: Sequence[int]) -> int:
-        """Write the batch as ``sending``: committed before the POST leaves."""
+        """Write the batch as ``sending``: committed before the POST leaves.
+
+        One row naming its lines, not an update of each line: this commit sits on the path
+        of every call. The lines themselves change once, when the outcome is recorded."""
         with _tx(self._db):
             cur = self._db.execute(
-                "INSERT INTO batches (session_id, state, n_tasks, sent_at) "
-                "VALUES (?, 'sending', ?, ?)",
-                (self.session_id or 0, len(lines), time.time()),
+                "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines) "
+                "VALUES (?, 'sending', ?, ?, ?)",
+                (self.session_id or 0, len(lines), time.time(), _pack(lines)),
             )
-            batch_id = int(cur.lastrowid or 0)
-            self._db.executemany(
-                "UPDATE lines SET state = 'sending', batch_id = ? WHERE line = ?",
-                [(batch_id, line) for line in lines],
-            )
-        return batch_id
+        return int(cur.lastrowid or 0)
 
     def record(
         self,
@@ -304,7 +318,7 @@ class Ledger:
             )
             self._db.executemany(
                 "UPDATE lines SET state = ?, task_id = ?, status_code = ?, status_message = ?, "
-                "cost = ?, field = ?, reason = ? WHERE line = ?",
+                "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ?",
                 [
                     (
                         o.state,
@@ -314,6 +328,7 @@ class Ledger:
                         o.cost,
                         o.field,
                         o.reason,
+                        batch_id,
                         o.line,
                     )
                     for o in outcomes
@@ -346,8 +361,8 @@ class Ledger:
     # ``lines.collected``: 0 not yet, 1 result collected, 2 the task failed on the service.
 
     def ensure_results(self) -> None:
-        """Create the results tables if this ledger has none yet (idempotent)."""
-        self._db.executescript(_RESULTS_SCHEMA)
+        """Create the results tables, and the index of task ids, if missing (idempotent)."""
+        self._db.executescript(_RESULTS_SCHEMA + _TASK_ID_INDEX)
 
     def uncollected_count(self) -> int:
         """Created tasks whose result is neither collected nor known to have failed."""
@@ -388,10 +403,11 @@ class Ledger:
         return out
 
     def lookup_unrecorded(self, tag: str) -> int | None:
-        """The one line still ``sending``/``unknown`` with this tag: a result may arrive (by
-        postback) before the POST's reply is recorded. None when no line or several match."""
+        """The one line still in flight (``pending`` until its reply is recorded) or ``unknown``
+        with this tag: a result may arrive (by postback) before the POST's reply is recorded.
+        None when no line or several match."""
         rows = self._db.execute(
-            "SELECT line FROM lines WHERE tag = ? AND state IN ('sending', 'unknown') LIMIT 2",
+            "SELECT line FROM lines WHERE tag = ? AND state IN ('pending', 'unknown') LIMIT 2",
             (tag,),
         ).fetchall()
         return int(rows[0][0]) if len(rows) == 1 else None
@@ -498,6 +514,16 @@ class Ledger:
                 "ON CONFLICT (path) DO UPDATE SET seq = excluded.seq, size = excluded.size",
                 (path, seq, size),
             )
+
+
+def _pack(lines: Sequence[int]) -> bytes:
+    return array.array("q", lines).tobytes()
+
+
+def _unpack(packed: bytes | None) -> list[int]:
+    out = array.array("q")
+    out.frombytes(packed or b"")
+    return out.tolist()
 
 
 def is_final(state: str) -> bool:

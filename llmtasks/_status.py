@@ -49,21 +49,26 @@ def ledger_status(ledger: Ledger) -> dict[str, Any]:
         "cost_usd": round(float(cost), 6),
         "collected": int(collected),
         "calls": n_batches,
+        "calls_sending": ledger.batches_sending(),
         "first_call_at": first,
         "last_call_at": last,
         "sessions": sessions,
-        "next": next_steps(ledger, states, meta.get("input", "")),
+        "next": next_steps(ledger, states, meta.get("input", ""), ledger.batches_sending()),
     }
 
 
-def next_steps(ledger: Ledger, states: dict[str, int], input_name: str) -> list[str]:
-    """The commands that continue this job, in the order to run them."""
+def next_steps(
+    ledger: Ledger, states: dict[str, int], input_name: str, sending: int = 0
+) -> list[str]:
+    """The commands that continue this job, in the order to run them. Calls still marked
+    ``sending`` belong to a run that is going on or died: the next submit marks their lines
+    ``unknown``, and reconcile then looks them up."""
     steps: list[str] = []
     where = f"--ledger {shlex.quote(ledger.path)}"
     engine = "" if ledger.engine == "chat_gpt" else f" --engine {ledger.engine}"
-    if states.get("unknown") or states.get("sending"):
+    if states.get("unknown"):
         steps.append(f"llmtasks reconcile {where}")
-    if states.get("pending") or states.get("unknown") or states.get("sending"):
+    if states.get("pending") or states.get("unknown") or sending:
         source = shlex.quote(input_name) if input_name else "INPUT"
         steps.append(f"llmtasks submit {source}{engine} {where}")
     return steps
@@ -87,7 +92,12 @@ def format_status(status: dict[str, Any]) -> str:
         "codes    " + (", ".join(f"{c}: {n}" for c, n in status["status_codes"].items()) or "-"),
         f"cost     ${status['cost_usd']:.4f} reported by the service",
         f"calls    {status['calls']} from {when(status['first_call_at'])} "
-        f"to {when(status['last_call_at'])}",
+        f"to {when(status['last_call_at'])}"
+        + (
+            f"; {status['calls_sending']} in flight or cut off by a run that died"
+            if status["calls_sending"]
+            else ""
+        ),
     ]
     for s in status["sessions"]:
         ended = "still running or killed" if s["ended_at"] is None else when(s["ended_at"])

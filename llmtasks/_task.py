@@ -9,6 +9,7 @@ fields, as a lenient server would). Decoding with msgspec is what lets the emula
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Final, Literal
 
@@ -49,7 +50,9 @@ def is_reasoning_model(model_name: str) -> bool:
     return model_name.startswith("o")
 
 
+@functools.lru_cache(maxsize=4096)
 def _no_sampling(model_name: str) -> bool:
+    # Runs for every task decoded, with few distinct names: worth remembering.
     return any(model_name == m or model_name.startswith(m + "-") for m in NO_SAMPLING_MODELS)
 
 
@@ -87,7 +90,9 @@ def check_rules(task: Task, *, require_model: bool = False) -> None:
         if not task.model_name:
             raise TaskRuleError("model_name", "is required")
     model = task.model_name
-    if model is None:
+    if model is None or (
+        task.max_output_tokens is None and task.temperature is None and task.top_p is None
+    ):
         return
     if task.max_output_tokens is not None:
         lo, hi = REASONING_TOKENS if is_reasoning_model(model) else NON_REASONING_TOKENS

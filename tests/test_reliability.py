@@ -6,6 +6,7 @@ receipts: every line has one outcome, nothing is created twice, nothing is lost.
 
 from __future__ import annotations
 
+import array
 import random
 import signal
 import sqlite3
@@ -22,9 +23,14 @@ from tests.conftest import cli_env, read_jsonl, run_cli, write_prompts
 
 
 def _ledger_rows(path: Path) -> dict[int, tuple[str, str | None, str | None]]:
+    """line -> (state, tag, task_id); lines of a batch still marked sending (a killed run's
+    calls in flight, which the next run marks unknown) read as "sending"."""
     with sqlite3.connect(path) as db:
+        in_flight: set[int] = set()
+        for (packed,) in db.execute("SELECT lines FROM batches WHERE state = 'sending'"):
+            in_flight.update(array.array("q", packed).tolist())
         return {
-            line: (state, tag, task_id)
+            line: ("sending" if line in in_flight else state, tag, task_id)
             for line, state, tag, task_id in db.execute(
                 "SELECT line, state, tag, task_id FROM lines"
             )
