@@ -91,6 +91,29 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def add_limits(p: argparse.ArgumentParser, *, calls: str, retried: str) -> None:
+    """The account's limits and the retry budget: the same options on every command that
+    calls the service under the account's rate."""
+    p.add_argument(
+        "--rate", type=_positive_int, default=2000, help=f"{calls} per period (default 2000)"
+    )
+    p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
+    p.add_argument(
+        "--margin", type=float, help="seconds added to the period for safety (default 1%% of it)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        help="simultaneous calls, at most 30 (default: enough for the rate)",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for a reply (60)"
+    )
+    p.add_argument(
+        "--max-attempts", type=_positive_int, default=8, help=f"tries of {retried} (default 8)"
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
@@ -114,18 +137,7 @@ def _add_submit(sub: Any) -> None:
     p.add_argument("--engine", choices=("chat_gpt", "claude", "gemini"), default="chat_gpt")
     p.add_argument("--model", help="model_name for tasks that do not name one")
     _add_service(p)
-    p.add_argument(
-        "--rate", type=_positive_int, default=2000, help="calls per period (default 2000)"
-    )
-    p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
-    p.add_argument(
-        "--margin", type=float, help="seconds added to the period for safety (default 1%% of it)"
-    )
-    p.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        help="simultaneous calls, at most 30 (default: enough for the rate)",
-    )
+    add_limits(p, calls="calls", retried="a call that certainly created nothing")
     p.add_argument(
         "--batch-size", type=_positive_int, default=100, help="tasks per call, 1..100 (default 100)"
     )
@@ -136,18 +148,6 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--rejects",
         help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=60.0,
-        help="seconds to wait for a reply (default 60)",
-    )
-    p.add_argument(
-        "--max-attempts",
-        type=_positive_int,
-        default=8,
-        help="tries of a call that certainly created nothing (default 8)",
     )
     p.add_argument("--max-cost-usd", type=float, help="never let this run's charges exceed this")
     p.add_argument(

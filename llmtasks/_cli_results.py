@@ -19,6 +19,7 @@ from llmtasks._cli import (
     _credentials,
     _positive_float,
     _positive_int,
+    add_limits,
 )
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._task import ENGINES
@@ -50,27 +51,6 @@ def register(sub: Any) -> None:
     _add_collect(sub)
     _add_models(sub)
     _add_receive(sub)
-
-
-def _add_limits(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--rate", type=_positive_int, default=2000, help="task_get calls per period (default 2000)"
-    )
-    p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
-    p.add_argument(
-        "--margin", type=float, help="seconds added to the period for safety (default 1%% of it)"
-    )
-    p.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        help="simultaneous calls, at most 30 (default: enough for the rate)",
-    )
-    p.add_argument(
-        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for a reply (60)"
-    )
-    p.add_argument(
-        "--max-attempts", type=_positive_int, default=8, help="tries of a failed call (default 8)"
-    )
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +92,7 @@ def _add_collect(sub: Any) -> None:
     )
     p.add_argument("--engine", choices=ENGINES, help="must match the ledger (default: its engine)")
     _add_service(p)
-    _add_limits(p)
+    add_limits(p, calls="task_get calls", retried="a failed call")
     p.add_argument(
         "--tasks-ready-rate",
         type=_positive_int,
@@ -324,7 +304,7 @@ def _add_receive(sub: Any) -> None:
         help="exit once submit is done with the ledger and every created task is collected",
     )
     _add_service(p)
-    _add_limits(p)
+    add_limits(p, calls="task_get calls", retried="a failed call")
     _add_common(p)
     p.set_defaults(handler=cmd_receive)
 

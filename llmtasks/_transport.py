@@ -98,7 +98,7 @@ def check_base_url(base_url: str, *, allow_insecure: bool = False) -> str:
     if parts.username or parts.password:
         # Do not echo the URL: it holds a secret.
         raise ConfigError("--base-url must not contain credentials; use DATAFORSEO_LOGIN/PASSWORD")
-    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
         raise ConfigError(
             f"refusing plain http to {parts.hostname}: credentials would travel unencrypted; "
             "use https, or pass --allow-insecure if you really mean it"
@@ -106,7 +106,8 @@ def check_base_url(base_url: str, *, allow_insecure: bool = False) -> str:
     return base_url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: the only hosts plain http may go to."""
     if host == "localhost":
         return True
     try:

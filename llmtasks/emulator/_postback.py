@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import gzip
 import heapq
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Final, Literal
@@ -27,6 +26,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import msgspec
 
+from llmtasks._transport import is_loopback
 from llmtasks.emulator._state import CreatedTask
 
 #: What the service gives a receiver before it gives up on it.
@@ -60,13 +60,7 @@ def substitute(url: str, task_id: str, tag: str | None) -> str:
 
 
 def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 class PushSender:
