@@ -11,11 +11,11 @@ clocks disagree still share one exact timeline. It checks, in this order:
 3. the rate: a sorted set of admission times (an exact log, not a counter); at most ``rate``
    admissions in any window of ``period_s + margin_s`` (the design.md margin absorbs the
    varying delay between admission and arrival at the service);
-4. pacing: at most ``burst`` admissions in any ``burst / rate`` of that window. Without it
-   the log admits a whole window's calls in a burst, and calls that leave a busy process in
-   a burst are the ones whose arrival is delayed most: the margin must cover that spread.
+4. pacing: a virtual schedule at ``rate`` per window with ``burst`` calls of slack (GCRA).
+   Without it the log admits a whole window's calls in a burst, and calls that leave a busy
+   process in a burst are the ones whose arrival is delayed most: the margin must cover that.
 
-Then it writes the lease and the admission (both or neither) and answers with the server's
+Then it writes the lease, the admission and the schedule (all or none) and answers with the server's
 time. A refusal carries the wait until the refusing condition lifts.
 
 A process asks with one coroutine at a time (the others queue behind it in order), so a
@@ -132,20 +132,22 @@ if count >= limit then
   return {0, now, tonumber(e[2]) + span + 1 - now, 'rate', inst}
 end
 
--- 4. Pacing: at most burst admissions in any burst/limit of the window.
+-- 4. Pacing: a virtual schedule at limit per span with burst - 1 intervals of slack (GCRA).
+-- A log alone would chain each admission to the one burst places before it, so every late
+-- wake-up would be lost for good; the schedule absorbs lateness up to its slack.
+local tat = nil
 if burst < limit then
-  local short = math.floor(burst * span / limit)
-  local recent = redis.call('ZRANGEBYSCORE', log, s(now - short), '+inf', 'WITHSCORES')
-  local k = #recent / 2
-  if k >= burst then
-    local at = tonumber(recent[2 * (k - burst) + 2])
-    return {0, now, at + short + 1 - now, 'pace', inst}
-  end
+  local interval = span / limit
+  tat = math.max(num(redis.call('HGET', state, 'tat')) or now, now)
+  local allow_at = tat - (burst - 1) * interval
+  if now < allow_at then return {0, now, math.ceil(allow_at - now), 'pace', inst} end
+  tat = tat + interval
 end
 
 -- Admitted: the lease and the admission, both or neither.
 redis.call('ZADD', leases, s(now + ttl), id)
 redis.call('ZADD', log, s(now), id)
+if tat then redis.call('HSET', state, 'tat', s(tat)) end
 redis.call('PEXPIRE', leases, s(math.ceil(ttl / 1000) + 1000))
 redis.call('PEXPIRE', log, s(math.ceil(span / 1000) + 1000))
 return {1, now, 0, 'ok', inst}
@@ -245,13 +247,16 @@ class RedisThrottle:
         cap_recovery_s: float = CAP_RECOVERY_S,
         name: str = "redis",
     ) -> None:
-        if burst is None:
-            burst = default_burst(rate) if isinstance(rate, int) and rate >= 2 else 1
         try:
             # The same checks as the in-process bucket: one meaning for --rate/--period/--margin.
-            checked = RateLimiter(rate=rate, period_s=period_s, margin_s=margin_s, burst=burst)
+            checked = RateLimiter(rate=rate, period_s=period_s, margin_s=margin_s)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if burst is None:
+            burst = default_burst(rate)
+        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= rate:
+            # burst == rate: no pacing, the bare log (whole windows in a burst).
+            raise ConfigError(f"burst must be an integer from 1 to rate ({rate}), not {burst!r}")
         if isinstance(max_in_flight, bool) or max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, not {max_in_flight!r}")
         if not lease_ttl_s > 0 or not poll_s > 0 or not cap_recovery_s > 0:
@@ -505,6 +510,8 @@ def make_throttle(
     account_key: str,
     burst: int | None = None,
     lease_ttl_s: float = LEASE_TTL_S,
+    poll_s: float = POLL_S,
+    cap_recovery_s: float = CAP_RECOVERY_S,
 ) -> RedisThrottle:
     """A ``RedisThrottle`` on ``url`` (``redis://HOST:PORT/DB``, ``rediss://`` for TLS,
     ``unix:///path``). Connects lazily: ``await start()`` (or ``async with``) to check it."""
@@ -530,6 +537,8 @@ def make_throttle(
         max_in_flight=max_in_flight,
         account_key=account_key,
         lease_ttl_s=lease_ttl_s,
+        poll_s=poll_s,
+        cap_recovery_s=cap_recovery_s,
         name=redacted(url),
     )
 

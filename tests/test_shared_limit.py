@@ -1,0 +1,515 @@
+"""The shared limiter against a real redis-server on a loopback port.
+
+Unit tests drive the admission script directly and count exactly; the fleet tests run four
+``submit --shard i/4 --limiter`` processes against one emulator with a strict sliding window,
+once undisturbed and once with Redis killed in the middle of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmtasks._errors import ConfigError
+from llmtasks._shared import RedisThrottle, account_key, make_throttle, redacted
+from llmtasks._transport import Reply
+from tests.conftest import _OUTPUTS, LOGIN, PASSWORD, cli_env, read_jsonl, write_prompts
+
+pytest.importorskip("redis", reason="the redis client is in the test extra")
+
+if shutil.which("redis-server") is None:
+    pytest.skip(
+        "redis-server is not installed (.ci/run installs the Debian package redis-server)",
+        allow_module_level=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1, without persistence; ``kill()`` and ``start()`` again
+    on the same port simulate a crash and a restart that lost every key."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def throttle(server: RedisServer, **kw: Any) -> RedisThrottle:
+    settings: dict[str, Any] = {
+        "rate": 10,
+        "burst": 10,  # no pacing unless a test asks for it
+        "period_s": 1.0,
+        "margin_s": 0.0,
+        "max_in_flight": 100,
+        "account_key": account_key(LOGIN),
+    }
+    settings.update(kw)
+    return make_throttle(server.url, **settings)
+
+
+def _peak_window(times: list[float], window_s: float) -> int:
+    """Most calls in any window (t - window_s, t]: how the emulator counts."""
+    times = sorted(times)
+    peak, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window_s:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return peak
+
+
+# -- the admission script, exactly -----------------------------------------------------------
+
+
+async def test_in_flight_cap_counts_leases_and_a_release_frees_one(redis_server) -> None:
+    async with throttle(redis_server, max_in_flight=3) as t:
+        got = [await t.admit(f"lease-{i}") for i in range(5)]
+        assert [a.admitted for a in got] == [True, True, True, False, False]
+        assert {a.why for a in got[3:]} == {"in_flight"}
+        assert all(0 < a.wait_s <= 0.01 for a in got[3:])
+        await t._client.zrem(t.keys[0], "lease-1")
+        assert (await t.admit("lease-5")).admitted
+        assert not (await t.admit("lease-6")).admitted
+
+
+async def test_the_log_admits_exactly_rate_per_window_and_says_how_long_to_wait(
+    redis_server,
+) -> None:
+    # burst == rate: the bare log, no pacing.
+    async with throttle(redis_server, rate=5, burst=5, period_s=1.0, margin_s=0.2) as t:
+        got = [await t.admit("a0")]
+        await asyncio.sleep(0.3)  # so that only the first leaves when the wait is over
+        got += [await t.admit(f"a{i}") for i in range(1, 7)]
+        assert [a.admitted for a in got] == [True] * 5 + [False] * 2
+        assert got[5].why == "rate"
+        # The oldest admission leaves the window of period + margin = 1.2 s.
+        expected = got[0].at_s + 1.2 - got[5].at_s
+        assert got[5].wait_s == pytest.approx(expected, abs=2e-6)
+        await asyncio.sleep(got[6].wait_s)
+        again = [await t.admit(f"b{i}") for i in range(2)]
+        # Exactly the first left the window: one more admission.
+        assert [a.admitted for a in again] == [True, False]
+        assert again[0].at_s - got[0].at_s > 1.2
+
+
+async def test_pacing_keeps_a_schedule_and_a_late_caller_loses_nothing(redis_server) -> None:
+    # 10 per second, 2 of slack: due times t0, t0, t0 + 0.1, t0 + 0.2, ...
+    async with throttle(redis_server, rate=10, burst=2, period_s=1.0, margin_s=0.0) as t:
+        got = [await t.admit(f"a{i}") for i in range(3)]
+        assert [a.admitted for a in got] == [True, True, False]
+        assert got[2].why == "pace"
+        t0 = got[0].at_s
+        assert got[2].wait_s == pytest.approx(t0 + 0.1 - got[2].at_s, abs=2e-6)
+        await asyncio.sleep(got[2].wait_s + 0.05)  # late by 50 ms
+        late = await t.admit("b")
+        assert late.admitted
+        # The next is due at t0 + 0.2 as planned, not 0.1 s after the late one.
+        refused = await t.admit("c")
+        assert not refused.admitted and refused.why == "pace"
+        assert refused.wait_s == pytest.approx(t0 + 0.2 - refused.at_s, abs=2e-6)
+
+
+async def test_many_clients_at_once_never_pass_the_limit(redis_server) -> None:
+    """Eight processes' worth of clients race for one window: exactly `rate` get in."""
+    rate = 40
+    clients = [
+        throttle(redis_server, rate=rate, burst=rate, period_s=30.0, max_in_flight=1000)
+        for _ in range(8)
+    ]
+    try:
+        for c in clients:
+            await c.start()
+        got = await asyncio.gather(
+            *(c.admit(f"c{i}-{j}") for i, c in enumerate(clients) for j in range(20))
+        )
+        assert sum(a.admitted for a in got) == rate
+        assert await clients[0]._client.zcard(clients[0].keys[1]) == rate
+        assert await clients[0]._client.zcard(clients[0].keys[0]) == rate
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_a_dead_process_holds_its_lease_only_until_it_expires(redis_server) -> None:
+    async with throttle(redis_server, max_in_flight=1, lease_ttl_s=0.3) as t:
+        assert (await t.admit("dead")).admitted  # never released
+        assert not (await t.admit("x")).admitted
+        await asyncio.sleep(0.35)
+        assert (await t.admit("y")).admitted
+
+
+async def test_a_running_call_keeps_its_lease_renewed(redis_server) -> None:
+    async with (
+        throttle(redis_server, max_in_flight=1, lease_ttl_s=0.3) as t,
+        throttle(redis_server, max_in_flight=1, lease_ttl_s=0.3) as other,
+    ):
+        async with t.slot():
+            await asyncio.sleep(0.8)  # well past the ttl: renewed every 0.1 s
+            refused = await other.admit("other")
+            assert not refused.admitted and refused.why == "in_flight"
+        # Released in the finally: free at once, not after the ttl.
+        assert await t._client.zcard(t.keys[0]) == 0
+        assert (await other.admit("other-2")).admitted
+
+
+async def test_slot_waits_its_turn_and_yields_the_server_time(redis_server) -> None:
+    async with throttle(redis_server, rate=4, burst=4, period_s=0.5, margin_s=0.0) as t:
+        times: list[float] = []
+
+        async def call() -> None:
+            async with t.slot() as at:
+                times.append(at)
+
+        started = time.monotonic()
+        await asyncio.gather(*(call() for _ in range(9)))
+        assert time.monotonic() - started >= 1.0  # 4 now, 4 after 0.5 s, 1 after 1 s
+        assert _peak_window(times, 0.5) == 4
+        assert abs(times[0] - time.time()) < 60  # Redis TIME, in seconds
+
+
+async def test_40202_halves_the_shared_rate_once_per_volley(redis_server) -> None:
+    async with (
+        throttle(redis_server, rate=10, burst=10, period_s=30.0) as t,
+        throttle(redis_server, rate=10, burst=10, period_s=30.0) as other,
+    ):
+        first = await t.admit("a")
+        assert await t.cut("rate", first.at_s)
+        # Replies of calls admitted before the cut do not cut again.
+        assert not await other.cut("rate", first.at_s)
+        # The limit is 5 for everybody now; "a" is already in the log.
+        got = [await other.admit(f"b{i}") for i in range(6)]
+        assert [a.admitted for a in got] == [True] * 4 + [False] * 2
+        assert got[4].why == "rate"
+        # A call admitted after the cut that is refused again cuts again: 10 → 5 → 2.
+        assert await t.cut("rate", got[0].at_s)
+        assert not (await t.admit("c")).admitted
+
+
+async def test_40202_reaches_redis_through_react(redis_server) -> None:
+    async with throttle(redis_server, rate=10, burst=10, period_s=30.0) as t:
+        async with t.slot() as at:
+            pass
+        t.react(Reply("retry", 200, 40202, "Rate limit exceeded."), at)
+        await asyncio.wait(t._reports, timeout=5)
+        state = await t._client.hgetall(t.keys[2])
+        assert float(state[b"cut_to"]) == 0.5
+
+
+async def test_40209_lowers_the_shared_cap_which_grows_back(redis_server) -> None:
+    async with throttle(redis_server, max_in_flight=3, cap_recovery_s=0.5) as t:
+        first = await t.admit("a")
+        t.react(Reply("retry", 200, 40209, "Too many requests at once."), first.at_s)
+        await asyncio.wait(t._reports, timeout=5)
+        assert (await t.admit("b")).admitted
+        refused = await t.admit("c")  # cap 2 now
+        assert not refused.admitted and refused.why == "in_flight"
+        assert not await t.cut("cap", first.at_s)  # same volley: no second cut
+        await asyncio.sleep(0.55)
+        assert (await t.admit("d")).admitted  # one step back: 3
+
+
+async def test_after_redis_lost_its_keys_everybody_waits_one_window(redis_server) -> None:
+    async with throttle(redis_server, rate=10, burst=10, period_s=0.5, margin_s=0.1) as t:
+        assert (await t.admit("a")).admitted
+        await t._client.flushall()  # what a restart without persistence leaves
+        held = await t.admit("b")
+        assert not held.admitted and held.why == "hold"
+        assert held.wait_s == pytest.approx(0.6, abs=0.01)
+        async with throttle(redis_server, rate=10, burst=10, period_s=0.5, margin_s=0.1) as new:
+            assert not (await new.admit("c")).admitted  # a newcomer is held as well
+        await asyncio.sleep(held.wait_s)
+        assert (await t.admit("d")).admitted
+
+
+async def test_slot_pauses_while_redis_is_down_and_resumes(redis_server, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="llmtasks")
+    async with throttle(redis_server, rate=10, burst=10, period_s=0.3, margin_s=0.0) as t:
+        async with t.slot():
+            pass
+        redis_server.kill()
+        waiting = asyncio.create_task(_enter(t))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # never admitted without Redis
+        assert "limiter unreachable, pausing" in caplog.text
+        redis_server.start()  # same port, every key lost
+        at = await asyncio.wait_for(waiting, 15)
+        assert at > 0
+        assert "limiter reachable again" in caplog.text
+        assert t.outages == 1
+
+
+async def _enter(t: RedisThrottle) -> float:
+    async with t.slot() as at:
+        return at
+
+
+async def test_keys_name_a_hash_of_the_account_never_the_login(redis_server) -> None:
+    async with throttle(redis_server) as t:
+        async with t.slot():
+            pass
+        keys = [k.decode() for k in await t._client.keys("*")]
+    assert keys and all(k.startswith(f"llmtasks:{{{account_key(LOGIN)}}}:") for k in keys)
+    assert not any(LOGIN in k or PASSWORD in k for k in keys)
+    assert account_key(LOGIN) != account_key(LOGIN + "x")
+    assert redacted("redis://user:secret@host:6379/0") == "redis://host:6379/0"
+
+
+async def test_a_wrong_limiter_url_fails_fast(tmp_path) -> None:
+    t = make_throttle(
+        f"redis://:{PASSWORD}@127.0.0.1:{_free_port()}/0",
+        rate=10,
+        period_s=1.0,
+        margin_s=None,
+        max_in_flight=5,
+        account_key="k",
+    )
+    with pytest.raises(ConfigError, match="cannot reach the limiter") as info:
+        await t.start()
+    await t.aclose()
+    assert PASSWORD not in str(info.value)
+    with pytest.raises(ConfigError):
+        make_throttle(
+            "http://x", rate=10, period_s=1.0, margin_s=None, max_in_flight=5, account_key="k"
+        )
+
+
+# -- a fleet of real submit processes --------------------------------------------------------
+
+
+class Fleet:
+    """N ``submit --shard i/N --limiter`` processes on one input."""
+
+    def __init__(self, src: Path, emu_url: str, limiter: str, n: int, *extra: str) -> None:
+        self.outputs = [tempfile.TemporaryFile() for _ in range(n)]  # noqa: SIM115
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "llmtasks",
+                    "submit",
+                    str(src),
+                    "--base-url",
+                    emu_url,
+                    "--batch-size",
+                    "1",
+                    "--shard",
+                    f"{i}/{n}",
+                    "--limiter",
+                    limiter,
+                    *extra,
+                ],
+                env=cli_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            for i, out in zip(range(1, n + 1), self.outputs, strict=True)
+        ]
+
+    def wait(self, timeout_s: float) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGTERM)
+                codes.append(p.wait())
+        return codes
+
+    def texts(self) -> list[str]:
+        texts = []
+        for out in self.outputs:
+            out.seek(0)
+            texts.append(out.read().decode("utf-8", "replace"))
+            out.close()
+        _OUTPUTS.extend(texts)
+        return texts
+
+
+def _check_every_line_created_once(src: Path, n_lines: int, n: int, emu: Any) -> None:
+    lines: list[int] = []
+    for i in range(1, n + 1):
+        receipts = read_jsonl(Path(f"{src}.shard-{i}-of-{n}.receipts.jsonl"))
+        assert {r["state"] for r in receipts} == {"created"}
+        assert all((r["line"] - 1) % n == i - 1 for r in receipts)
+        lines += [r["line"] for r in receipts]
+    assert sorted(lines) == list(range(1, n_lines + 1))
+    prompts = sorted(t["user_prompt"] for t in emu.created())
+    assert prompts == sorted(f"prompt number {i}: which brands lead?" for i in range(n_lines))
+
+
+def test_four_processes_share_one_limit_never_over_nearly_all_used(
+    emulator, redis_server, tmp_path: Path
+) -> None:
+    rate, period, n_lines = 100, 2.0, 400
+    emu = emulator("--rate", str(rate), "--period", str(period))
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, n_lines)
+    fleet = Fleet(src, emu.url, redis_server.url, 4, "--rate", str(rate), "--period", str(period))
+    codes = fleet.wait(120)
+    texts = fleet.texts()
+    assert codes == [0, 0, 0, 0], texts
+    posts = [c for c in emu.calls() if c["path"].endswith("/task_post")]
+    assert len(posts) == n_lines
+    assert [c for c in posts if c["status_code"] != 20000] == []  # zero 40202 (or 40209)
+    arrivals = [c["at"] for c in posts]
+    assert _peak_window(arrivals, period) <= rate
+    achieved = (n_lines - 1) / (max(arrivals) - min(arrivals))
+    assert achieved >= 0.97 * rate / period, f"{achieved:.2f}/s of {rate / period}/s"
+    _check_every_line_created_once(src, n_lines, 4, emu)
+
+
+def test_redis_killed_mid_run_pauses_the_fleet_then_it_resumes(
+    emulator, redis_server, tmp_path: Path
+) -> None:
+    rate, period, n_lines, outage_s = 100, 2.0, 500, 3.0
+    emu = emulator("--rate", str(rate), "--period", str(period))
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, n_lines)
+    fleet = Fleet(src, emu.url, redis_server.url, 4, "--rate", str(rate), "--period", str(period))
+    try:
+        deadline = time.monotonic() + 60
+        while len(emu.calls()) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        redis_server.kill()
+        killed_at = time.monotonic()
+        time.sleep(outage_s)
+        during = [c for c in emu.calls() if c["path"].endswith("/task_post")]
+        redis_server.start()
+        restarted_at = time.monotonic()
+    finally:
+        codes = fleet.wait(120)
+    texts = fleet.texts()
+    assert codes == [0, 0, 0, 0], texts
+    # Nothing was admitted without Redis: calls already on their way arrive within moments.
+    assert [c for c in during if c["at"] > killed_at + 0.5] == []
+    posts = [c for c in emu.calls() if c["path"].endswith("/task_post")]
+    assert not [c for c in posts if killed_at + 0.5 < c["at"] < restarted_at]
+    assert len(posts) == n_lines
+    assert [c for c in posts if c["status_code"] != 20000] == []
+    assert _peak_window([c["at"] for c in posts], period) <= rate
+    assert any("limiter unreachable, pausing" in t for t in texts)
+    assert any("limiter reachable again" in t for t in texts)
+    _check_every_line_created_once(src, n_lines, 4, emu)
+
+
+def test_without_limiter_nothing_changes(emulator, tmp_path: Path, monkeypatch) -> None:
+    """No --limiter and no LLMTASKS_LIMITER: the in-process throttle, no Redis anywhere."""
+    from llmtasks._cli import build_parser
+
+    monkeypatch.delenv("LLMTASKS_LIMITER", raising=False)
+    assert build_parser().parse_args(["submit", "x.jsonl"]).limiter is None
+    emu = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 5)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _OUTPUTS.append(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_environment_names_the_limiter(emulator, redis_server, tmp_path: Path) -> None:
+    emu = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 5)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url]
+        + ["--batch-size", "1"],
+        env=cli_env(LLMTASKS_LIMITER=redis_server.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _OUTPUTS.append(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stderr
+    import redis
+
+    with redis.Redis(port=redis_server.port) as client:
+        keys = {k.decode() for k in client.scan_iter("llmtasks:*")}
+        logged = client.zcard(f"llmtasks:{{{account_key(LOGIN)}}}:log")
+    assert f"llmtasks:{{{account_key(LOGIN)}}}:log" in keys
+    assert logged >= 5  # every call was admitted through Redis
