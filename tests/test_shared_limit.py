@@ -497,8 +497,7 @@ def test_the_environment_names_the_limiter(emulator, redis_server, tmp_path: Pat
     src = tmp_path / "in.jsonl"
     write_prompts(src, 5)
     r = subprocess.run(
-        [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url]
-        + ["--batch-size", "1"],
+        [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url, "-q"],
         env=cli_env(LLMTASKS_LIMITER=redis_server.url),
         capture_output=True,
         text=True,
@@ -512,4 +511,4 @@ def test_the_environment_names_the_limiter(emulator, redis_server, tmp_path: Pat
         keys = {k.decode() for k in client.scan_iter("llmtasks:*")}
         logged = client.zcard(f"llmtasks:{{{account_key(LOGIN)}}}:log")
     assert f"llmtasks:{{{account_key(LOGIN)}}}:log" in keys
-    assert logged >= 5  # every call was admitted through Redis
+    assert logged >= 1  # the call was admitted through Redis
