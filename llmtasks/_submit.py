@@ -381,7 +381,11 @@ class Submitter:
         self._out = out
         batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         producer = asyncio.create_task(self._produce(chunks, batches))
-        senders = [asyncio.create_task(self._send_loop(batches)) for _ in range(self.concurrency)]
+        # Twice as many senders as slots: a sender recording its last reply or encoding its
+        # next body does not hold a slot, and another one takes it meanwhile.
+        senders = [
+            asyncio.create_task(self._send_loop(batches)) for _ in range(2 * self.concurrency)
+        ]
 
         async def supervise() -> None:
             try:
