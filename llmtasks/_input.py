@@ -222,7 +222,8 @@ def _drain_long_line(readline: Callable[[int], bytes], head: bytes, name: str) -
         pending = data[len(data) - keep :]
 
 
-def _digest(raw: bytes) -> bytes:
+def record_digest(raw: bytes) -> bytes:
+    """The fingerprint of one input record kept in the ledger (resume checks it)."""
     return hashlib.blake2b(raw, digest_size=DIGEST_BYTES).digest()
 
 
@@ -381,7 +382,7 @@ def _text(
             assert long is not None
             yield _too_long(n, long[0], long[1], max_line_bytes)
             continue
-        digest = _digest(raw)
+        digest = record_digest(raw)
         if len(raw) > max_line_bytes:
             yield _too_long(n, digest, len(raw), max_line_bytes)
             continue

@@ -29,7 +29,7 @@ from llmtasks._errors import (
     LlmtasksError,
     ServiceError,
 )
-from llmtasks._input import InputLine
+from llmtasks._input import InputLine, record_digest
 from llmtasks._ledger import Ledger, NewLine, Outcome
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
@@ -694,10 +694,6 @@ def _field_of(message: str) -> str | None:
     return message[start + 1 : end] if 0 <= start < end else None
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=8).digest()
-
-
 async def _as_lines(
     tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]],
     default_model: str | None,
@@ -714,7 +710,7 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         raw = msgspec.json.encode(obj)
     except TypeError as exc:
         return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
-    digest = _digest(raw)
+    fingerprint = record_digest(raw)
     try:
         task = decode_task(raw, strict=True)
         if task.model_name is None and default_model:
@@ -722,10 +718,12 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         check_rules(task, require_model=True)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         fld, reason = explain(exc)
-        return InputLine(line=line, digest=digest, task=None, field=fld, reason=reason)
+        return InputLine(line=line, digest=fingerprint, task=None, field=fld, reason=reason)
     except TaskRuleError as exc:
-        return InputLine(line=line, digest=digest, task=None, field=exc.field, reason=exc.reason)
-    return InputLine(line=line, digest=digest, task=task)
+        return InputLine(
+            line=line, digest=fingerprint, task=None, field=exc.field, reason=exc.reason
+        )
+    return InputLine(line=line, digest=fingerprint, task=task)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
