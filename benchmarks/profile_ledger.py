@@ -15,7 +15,8 @@ import tempfile
 import time
 
 import llmtasks._ledger as L
-from llmtasks._ledger import Ledger, NewLine, Outcome
+from llmtasks._ledger import Ledger, NewLine
+from llmtasks._receipt import Receipt
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 ORIG = L._SCHEMA
@@ -53,17 +54,17 @@ def run(name, drop_idx=(), no_sending_update=False, sync=None):
             else:
                 bid = led.mark_sending(lines)
             outs = [
-                Outcome(
-                    ln,
-                    "created",
-                    (
+                Receipt(
+                    line=ln,
+                    state="created",
+                    task_id=(
                         f"07151610-0696-0613-0000-{ln:012x}"
                         if SEQ
                         else f"07151610-0696-0613-0000-{secrets.token_hex(6)}"
                     ),
-                    20100,
-                    "Task Created.",
-                    0.0102,
+                    status_code=20100,
+                    status_message="Task Created.",
+                    cost=0.0102,
                 )
                 for ln in lines
             ]

@@ -79,19 +79,6 @@ class NewLine(NamedTuple):
     reason: str | None = None
 
 
-class Outcome(NamedTuple):
-    """The service's answer for one line of a batch."""
-
-    line: int
-    state: State
-    task_id: str | None
-    status_code: int | None
-    status_message: str | None
-    cost: float | None
-    field: str | None = None
-    reason: str | None = None
-
-
 class Ledger:
     """One ledger belongs to one input and one engine; reopening it resumes that job."""
 
@@ -301,7 +288,7 @@ class Ledger:
     def record(
         self,
         batch_id: int,
-        outcomes: Sequence[Outcome],
+        outcomes: Sequence[Receipt],
         *,
         batch_state: str,
         attempts: int,
@@ -335,7 +322,7 @@ class Ledger:
                 ],
             )
 
-    def resolve(self, updates: Sequence[Outcome]) -> None:
+    def resolve(self, updates: Sequence[Receipt]) -> None:
         """Reconcile's verdicts on ``unknown`` lines (created with an id, or pending again)."""
         with _tx(self._db):
             self._db.executemany(

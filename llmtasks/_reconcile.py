@@ -20,8 +20,9 @@ from typing import Any, Final
 import orjson
 
 from llmtasks._errors import AuthError, ServiceError
-from llmtasks._ledger import Ledger, Outcome
+from llmtasks._ledger import Ledger
 from llmtasks._ratelimit import RateLimiter
+from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
 from llmtasks._transport import Transport
 
@@ -86,7 +87,7 @@ async def reconcile(
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
     limiter = RateLimiter(rate=max(2, id_list_rate), period_s=60.0)
-    found: dict[int, Outcome] = {}
+    found: dict[int, Receipt] = {}
     for lo, hi in _windows([sent_at[b] for b in {u[3] for u in ripe}], skew_s):
         offset = 0
         while True:
@@ -100,13 +101,9 @@ async def reconcile(
     for line, _, _, _ in ripe:
         if line not in found:
             verdicts.append(
-                Outcome(
-                    line,
-                    "pending",
-                    None,
-                    None,
-                    None,
-                    None,
+                Receipt(
+                    line=line,
+                    state="pending",
                     reason="not found on the service by reconcile: the next submit sends it",
                 )
             )
@@ -120,7 +117,7 @@ def _match(
     item: dict[str, Any],
     engine: str,
     by_tag: dict[str | None, list[tuple[int, bytes | None]]],
-    found: dict[int, Outcome],
+    found: dict[int, Receipt],
     report: ReconcileReport,
 ) -> None:
     meta = item.get("metadata") or {}
@@ -137,13 +134,13 @@ def _match(
     for line in matching:
         if line not in found:
             cost = item.get("cost")
-            found[line] = Outcome(
-                line,
-                "created",
-                task_id,
-                20100,
-                "Task Created.",
-                float(cost) if isinstance(cost, int | float) else None,
+            found[line] = Receipt(
+                line=line,
+                state="created",
+                task_id=task_id,
+                status_code=20100,
+                status_message="Task Created.",
+                cost=float(cost) if isinstance(cost, int | float) else None,
                 reason="found on the service by reconcile",
             )
             return

@@ -30,7 +30,7 @@ from llmtasks._errors import (
     ServiceError,
 )
 from llmtasks._input import InputLine, record_digest
-from llmtasks._ledger import Ledger, NewLine, Outcome
+from llmtasks._ledger import Ledger, NewLine
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._task import (
@@ -575,15 +575,20 @@ class Submitter:
     ) -> None:
         ledger = self.ledger
         assert ledger is not None
-        outcomes = [
-            Outcome(
-                line, state, None, reply.status_code, reply.message or None, None, reason=reason
+        receipts = [
+            Receipt(
+                line=line,
+                state=state,
+                tag=task.tag,
+                status_code=reply.status_code,
+                status_message=reply.message or None,
+                reason=reason,
             )
-            for line, _ in batch
+            for line, task in batch
         ]
         ledger.record(
             batch_id,
-            outcomes,
+            receipts,
             batch_state="unknown" if state == "unknown" else "not_created",
             attempts=attempt,
             http_status=reply.http_status,
@@ -591,90 +596,85 @@ class Submitter:
             note=reply.message,
         )
         if emit:
-            await self._emit(
-                [
-                    Receipt(
-                        line=line,
-                        state=state,
-                        tag=task.tag,
-                        status_code=reply.status_code,
-                        status_message=reply.message or None,
-                        reason=reason,
-                    )
-                    for line, task in batch
-                ]
-            )
+            await self._emit(receipts)
 
     async def _record_ok(self, batch: _Batch, batch_id: int, reply: Reply, attempt: int) -> None:
         ledger = self.ledger
         env = reply.envelope
         assert ledger is not None and env is not None
         replies = env.tasks or []
-        outcomes: list[Outcome] = []
         receipts: list[Receipt] = []
         cost = 0.0
         for i, (line, task) in enumerate(batch):
+            tag = task.tag
             if i >= len(replies):
                 if env.tasks is None:
                     # The whole call was refused with a code of its own: nothing created.
-                    o = Outcome(line, "failed", None, env.status_code, env.status_message, None)
+                    r = Receipt(
+                        line=line,
+                        state="failed",
+                        tag=tag,
+                        status_code=env.status_code,
+                        status_message=env.status_message,
+                    )
                 else:
-                    o = Outcome(
-                        line,
-                        "unknown",
-                        None,
-                        None,
-                        None,
-                        None,
+                    r = Receipt(
+                        line=line,
+                        state="unknown",
+                        tag=tag,
                         reason="the service answered fewer tasks than were sent",
                     )
-            else:
-                t = replies[i]
-                echoed = t.data.tag if t.data is not None else None
-                if echoed is not None and echoed != task.tag:
-                    o = Outcome(
-                        line,
-                        "unknown",
-                        None,
-                        t.status_code,
-                        t.status_message,
-                        None,
-                        reason=f"reply out of order (tag {echoed!r} for line {line})",
-                    )
-                elif t.status_code == 20100:
-                    o = Outcome(line, "created", t.id, 20100, t.status_message, t.cost)
-                    cost += t.cost or 0.0
-                elif t.status_code in INVALID_TASK_CODES:
-                    o = Outcome(
-                        line,
-                        "rejected",
-                        t.id,
-                        t.status_code,
-                        t.status_message,
-                        t.cost,
-                        field=_field_of(t.status_message),
-                        reason=t.status_message,
-                    )
-                else:
-                    o = Outcome(line, "failed", t.id, t.status_code, t.status_message, t.cost)
-            outcomes.append(o)
-            receipts.append(
-                Receipt(
+                receipts.append(r)
+                continue
+            t = replies[i]
+            echoed = t.data.tag if t.data is not None else None
+            if echoed is not None and echoed != tag:
+                r = Receipt(
                     line=line,
-                    state=o.state,
-                    tag=task.tag,
-                    task_id=o.task_id,
-                    status_code=o.status_code,
-                    status_message=o.status_message,
-                    cost=o.cost,
-                    field=o.field,
-                    reason=o.reason,
+                    state="unknown",
+                    tag=tag,
+                    status_code=t.status_code,
+                    status_message=t.status_message,
+                    reason=f"reply out of order (tag {echoed!r} for line {line})",
                 )
-            )
+            elif t.status_code == 20100:
+                r = Receipt(
+                    line=line,
+                    state="created",
+                    tag=tag,
+                    task_id=t.id,
+                    status_code=20100,
+                    status_message=t.status_message,
+                    cost=t.cost,
+                )
+                cost += t.cost or 0.0
+            elif t.status_code in INVALID_TASK_CODES:
+                r = Receipt(
+                    line=line,
+                    state="rejected",
+                    tag=tag,
+                    task_id=t.id,
+                    status_code=t.status_code,
+                    status_message=t.status_message,
+                    cost=t.cost,
+                    field=_field_of(t.status_message),
+                    reason=t.status_message,
+                )
+            else:
+                r = Receipt(
+                    line=line,
+                    state="failed",
+                    tag=tag,
+                    task_id=t.id,
+                    status_code=t.status_code,
+                    status_message=t.status_message,
+                    cost=t.cost,
+                )
+            receipts.append(r)
         self.stats.cost_usd += env.cost if env.cost is not None else cost
         ledger.record(
             batch_id,
-            outcomes,
+            receipts,
             batch_state="done",
             attempts=attempt,
             http_status=reply.http_status,
