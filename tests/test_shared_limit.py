@@ -512,3 +512,25 @@ def test_the_environment_names_the_limiter(emulator, redis_server, tmp_path: Pat
         logged = client.zcard(f"llmtasks:{{{account_key(LOGIN)}}}:log")
     assert f"llmtasks:{{{account_key(LOGIN)}}}:log" in keys
     assert logged >= 1  # the call was admitted through Redis
+
+
+def test_fleet_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/bench_fleet.py --quick still works (its figures are not asserted here)."""
+    import json
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fleet.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--quick"],
+        capture_output=True,
+        text=True,
+        env={**cli_env(), "LLMTASKS_BENCH_RESULTS": str(tmp_path)},
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(summary["saved"]).parent == tmp_path
+    modes = {row["mode"]: row for row in summary["summary"]}
+    assert set(modes) == {"shared", "split", "none"}
+    assert modes["shared"]["accepted"] == modes["shared"]["lines"]
+    assert modes["split"]["accepted"] == modes["split"]["lines"]
