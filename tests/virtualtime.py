@@ -19,7 +19,7 @@ T = TypeVar("T")
 SPIN_LIMIT = 1_000_000  # loop passes at one instant before we call it a busy loop
 
 
-class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _VirtualSelector(selectors.DefaultSelector):
     loop: VirtualTimeLoop
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
