@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -72,6 +73,12 @@ def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> N
     commands = _commands(doc.read_text())
     if not commands:
         pytest.skip("no commands")
+    # Never let a documented command reach past this machine: a runnable example that names a
+    # service must name loopback (the others belong in ```sh blocks, which are not run).
+    for cmd in commands:
+        for url in re.findall(r"--(?:base-url|limiter)[ =](\S+)", cmd):
+            host = urlsplit(url.strip("'\"")).hostname or ""
+            assert host in ("127.0.0.1", "localhost", "::1"), f"{doc.name}: {cmd}"
     emu = emulator("--login", "login", "--password", "password", "--completion-delay", "0.2")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     shutil.copy(ROOT / "examples" / "prompts.jsonl", tmp_path / "prompts.jsonl")
