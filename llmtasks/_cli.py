@@ -470,11 +470,12 @@ def _dry_run(args: argparse.Namespace) -> int:
 def _count_lines(source: str) -> int | None:
     if source == "-":
         return None
-    n = 0
+    n, last = 0, b"\n"
     with open(source, "rb") as f:
         while chunk := f.read(1 << 20):
             n += chunk.count(b"\n")
-    return n
+            last = chunk[-1:]
+    return n + (last != b"\n")  # a last line without its newline is a line too
 
 
 @contextlib.asynccontextmanager

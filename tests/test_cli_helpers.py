@@ -1,0 +1,39 @@
+"""Small pieces of the command line that the end-to-end tests do not pin down exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmtasks._cli import _count_lines, _shard, main
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [(b"", 0), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"a\nb\n", 2), (b"\n\n", 2)],
+)
+def test_count_lines_counts_a_last_line_without_newline(
+    tmp_path: Path, data: bytes, lines: int
+) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    assert _count_lines(str(path)) == lines
+    assert _count_lines("-") is None
+
+
+def test_shard_option() -> None:
+    assert _shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "1/0"):
+        with pytest.raises(Exception, match="I/N"):
+            _shard(bad)
+
+
+def test_version_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("llmtasks 0.")
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
