@@ -622,10 +622,11 @@ def _summary(
         parts.append(f"{counts['skipped']} blank")
     earlier = f" ({s.already_done} done by earlier runs)" if s.already_done else ""
     # A rate over less than a second of calls says nothing.
-    pace = f"{s.calls_per_minute:.0f} calls/min" if s.elapsed_s >= 1 else "under a second"
+    pace = f" = {s.calls_per_minute:.0f} calls/min" if s.elapsed_s >= 1 else ""
+    calls = f"{s.calls} call{'' if s.calls == 1 else 's'}"
     print(
         f"llmtasks: {s.lines_read} lines read{earlier}; ledger holds {total}: {', '.join(parts)}\n"
-        f"llmtasks: {s.calls} calls ({s.retries} retried) in {s.elapsed_s:.1f} s = {pace} "
+        f"llmtasks: {calls} ({s.retries} retried) in {s.elapsed_s:.1f} s{pace} "
         f"(limit {args.rate} per {args.period:g} s); "
         f"cost reported by the service ${s.cost_usd:.4f}\n"
         f"llmtasks: receipts in {receipts_path}"
