@@ -334,7 +334,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--state",
         action="append",
-        choices=("pending", "sending", "created", "failed", "rejected", "skipped", "unknown"),
+        choices=("pending", "created", "failed", "rejected", "skipped", "unknown"),
         help="only lines in this state (repeatable)",
     )
     _add_common(p)
