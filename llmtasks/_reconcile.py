@@ -97,6 +97,9 @@ async def reconcile(
             if len(items) < PAGE:
                 break
             offset += PAGE
+    missing = [u for u in ripe if u[0] not in found]
+    if missing:
+        await _tasks_ready(transport, ledger.engine, missing, found, report)
     verdicts = list(found.values())
     for line, _, _, _ in ripe:
         if line not in found:
@@ -147,6 +150,41 @@ def _match(
     if matching:
         # One more task than lines with this tag and prompt: an earlier resend created it twice.
         report.duplicates += 1
+
+
+async def _tasks_ready(
+    transport: Transport,
+    engine: str,
+    missing: list[tuple[int, str | None, bytes | None, int]],
+    found: dict[int, Receipt],
+    report: ReconcileReport,
+) -> None:
+    """A second look for what id_list did not list (its metadata is kept a month): finished,
+    uncollected tasks are in tasks_ready with their tag. Only a tag that names exactly one
+    unknown line identifies it (tasks_ready has no prompt to compare)."""
+    lines_by_tag: dict[str, list[int]] = {}
+    for line, tag, _, _ in missing:
+        if tag is not None:
+            lines_by_tag.setdefault(tag, []).append(line)
+    report.calls += 1
+    reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
+    if reply.kind != "ok":
+        log.info("tasks_ready not available for reconcile (%s)", reply.message)
+        return
+    doc = orjson.loads(reply.body)
+    for task in doc.get("tasks") or []:
+        for item in task.get("result") or []:
+            tag = item.get("tag") if isinstance(item, dict) else None
+            lines = lines_by_tag.get(tag) if isinstance(tag, str) else None
+            if lines is not None and len(lines) == 1 and lines[0] not in found:
+                found[lines[0]] = Receipt(
+                    line=lines[0],
+                    state="created",
+                    task_id=str(item.get("id")),
+                    status_code=20100,
+                    status_message="Task Created.",
+                    reason="found in tasks_ready by reconcile",
+                )
 
 
 async def _page(

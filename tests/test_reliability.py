@@ -270,3 +270,26 @@ def test_auth_glitch_after_success_is_retried(emulator, tmp_path: Path) -> None:
         assert len(emu.created()) == 300
     else:
         assert r.returncode == 2 and "stopped accepting" in r.stderr
+
+
+def test_reconcile_falls_back_to_tasks_ready(emulator, tmp_path: Path) -> None:
+    """A task id_list does not list (here: the ledger's clock says the POST was a day
+    earlier) is still found in tasks_ready by its tag, once it is done."""
+    emu = emulator("--drop-rate", "1.0", "--id-list-rate", "600")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 6)
+    ledger = tmp_path / "run.sqlite"
+    args = ("--base-url", emu.url, "--ledger", str(ledger), "--batch-size", "3")
+    assert run_cli("submit", str(src), *args).returncode == 1
+    assert Counter(s for s, _, _ in _ledger_rows(ledger).values()) == {"unknown": 6}
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE batches SET sent_at = sent_at - 86400")
+    emu.set_config(drop_rate=0.0)
+    r = run_cli("reconcile", "--ledger", str(ledger), "--base-url", emu.url, "--min-age", "0")
+    assert r.returncode == 0, r.stderr
+    rows = _ledger_rows(ledger)
+    assert Counter(s for s, _, _ in rows.values()) == {"created": 6}
+    assert {t["id"] for t in emu.created()} == {task_id for _, _, task_id in rows.values()}
+    assert "6 found" in r.stderr
+    again = run_cli("submit", str(src), *args)
+    assert again.returncode == 0 and len(emu.created()) == 6  # nothing sent twice
