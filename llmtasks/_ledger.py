@@ -10,13 +10,14 @@ commit well under a millisecond.
 from __future__ import annotations
 
 import array
+import fcntl
 import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TextIO
 
 from llmtasks._errors import ConfigError, InputError
 from llmtasks._receipt import FINAL_STATES, Receipt, State
@@ -90,6 +91,7 @@ class Ledger:
         self.engine: str = meta["engine"]
         self.input_name: str = meta["input"]
         self.session_id: int | None = None
+        self._lock: TextIO | None = None
 
     @classmethod
     def open(
@@ -157,8 +159,34 @@ class Ledger:
             raise InputError(f"{spath}: not an llmtasks ledger ({exc})") from None
         return cls(conn, spath)
 
+    def lock(self) -> None:
+        """Only one ``submit`` per ledger: a second one would take the first one's calls in
+        flight for those of a dead run. Held until ``close()``; the OS drops it if the
+        process dies, so a killed run never leaves a stale lock."""
+        if self.path == ":memory:" or self._lock is not None:
+            return
+        f = open(self.path + ".lock", "a+")  # noqa: SIM115 (held open as the lock)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                f"ledger {self.path} is in use by another submit ({holder}); wait for it to "
+                "finish or stop it first"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._lock = f
+
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -210,6 +210,12 @@ class Submitter:
                 engine=self.engine,
                 shard="" if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
             )
+        try:
+            self.ledger.lock()
+        except LlmtasksError:
+            if not isinstance(self._ledger_arg, Ledger):
+                self.ledger.close()
+            raise
         self.ledger.begin_session()
         found = self.ledger.recover_interrupted()
         if found:

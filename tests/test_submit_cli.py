@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -287,3 +288,40 @@ def test_shards_split_one_input_between_processes(emulator, tmp_path: Path) -> N
     assert wrong.returncode == 2 and "belongs to shard '1/3'" in wrong.stderr
     bad = run_cli("submit", str(src), "--shard", "4/3")
     assert bad.returncode == 2 and "I/N" in bad.stderr
+
+
+def test_one_submit_per_ledger_at_a_time(emulator, tmp_path: Path) -> None:
+    emu = emulator("--latency-ms", "200")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 100)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmtasks",
+            "submit",
+            str(src),
+            "--base-url",
+            emu.url,
+            "--batch-size",
+            "5",
+            "--concurrency",
+            "1",
+        ],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / "in.jsonl.ledger.sqlite.lock"
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert time.monotonic() < deadline, "the first submit never took the ledger"
+        time.sleep(0.05)
+    second = run_cli("submit", str(src), "--base-url", emu.url)
+    assert second.returncode == 2
+    assert f"in use by another submit (pid {first.pid})" in second.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert len(emu.created()) == 100  # the second run neither sent nor disturbed anything
+    assert run_cli("submit", str(src), "--base-url", emu.url).returncode == 0  # lock released
