@@ -197,6 +197,7 @@ class Submitter:
         self._reserved_usd = 0.0
         self._out: asyncio.Queue[list[Receipt] | None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._waiting: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -242,7 +243,7 @@ class Submitter:
         if supervisor is None:
             return
         if not supervisor.done():
-            self._interrupted = True
+            self.stop()
             while not supervisor.done():
                 if self._out is not None:
                     with contextlib.suppress(TimeoutError):
@@ -263,8 +264,32 @@ class Submitter:
                 self.ledger.close()
 
     def stop(self) -> None:
-        """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record."""
+        """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record.
+        Senders waiting for a slot or a backoff stop waiting (a shared limiter that cannot be
+        reached could make them wait for ever)."""
         self._interrupted = True
+        for task in self._waiting:
+            task.cancel()
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """A wait that ``stop()`` may cut short with a cancellation (see ``_cut_short``)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            yield
+        finally:
+            self._waiting.discard(task)
+
+    def _cut_short(self) -> bool:
+        """After a CancelledError from an ``_interruptible`` wait: True (and the cancellation
+        taken back) when ``stop()`` sent it; False when someone else is cancelling us."""
+        task = asyncio.current_task()
+        if self._interrupted and task is not None and task.cancelling() == 1:
+            task.uncancel()
+            return True
+        return False
 
     @property
     def interrupted(self) -> bool:
@@ -519,7 +544,16 @@ class Submitter:
         worst = len(batch) * self.max_task_cost_usd
         auth_glitches = 0
         for attempt in itertools.count(1):
-            async with self.throttle.slot() as admitted_at:
+            if self._halted():
+                await self._leave_pending(batch, "not sent: the run stopped")
+                return
+            async with contextlib.AsyncExitStack() as held:
+                try:
+                    with self._interruptible():
+                        admitted_at = await held.enter_async_context(self.throttle.slot())
+                except asyncio.CancelledError:
+                    if not self._cut_short():
+                        raise
                 if self._halted():
                     await self._leave_pending(batch, "not sent: the run stopped")
                     return
@@ -556,7 +590,12 @@ class Submitter:
                 # Certainly nothing was created: the lines are pending again while we wait.
                 await self._record_all(batch, batch_id, "pending", reply, attempt, None, emit=False)
                 log.info("retrying a call (%s), attempt %d", reply.message, attempt + 1)
-                await asyncio.sleep(self.retry.delay_s(attempt))
+                try:
+                    with self._interruptible():
+                        await asyncio.sleep(self.retry.delay_s(attempt))
+                except asyncio.CancelledError:
+                    if not self._cut_short():
+                        raise
                 continue
             # Nothing was created; these lines wait for a later run.
             if reply.kind == "retry":

@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -534,3 +535,50 @@ def test_fleet_benchmark_runs(tmp_path: Path) -> None:
     assert set(modes) == {"shared", "split", "none"}
     assert modes["shared"]["accepted"] == modes["shared"]["lines"]
     assert modes["split"]["accepted"] == modes["split"]["lines"]
+
+
+def test_one_ctrl_c_stops_a_run_paused_on_an_unreachable_limiter(
+    emulator, redis_server, tmp_path: Path
+) -> None:
+    emu = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 300)
+    ledger = tmp_path / "run.sqlite"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmtasks",
+            "submit",
+            str(src),
+            "--base-url",
+            emu.url,
+            "--limiter",
+            redis_server.url,
+            "--rate",
+            "40",
+            "--period",
+            "2",
+            "--batch-size",
+            "1",
+            "--ledger",
+            str(ledger),
+        ],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(emu.created()) < 5:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    redis_server.kill()
+    time.sleep(1.5)  # the senders are now waiting for a limiter that does not answer
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)  # one Ctrl-C is enough
+    assert proc.returncode == 130, err
+    with sqlite3.connect(ledger) as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state").fetchall())
+    assert states.get("created") == len(emu.created())
+    assert "unknown" not in states
