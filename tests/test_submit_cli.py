@@ -161,6 +161,8 @@ def test_text_and_csv_inputs_and_stdin(emulator, tmp_path: Path) -> None:
         str(tmp_path / "s.sqlite"),
         "--receipts",
         str(tmp_path / "s.jsonl"),
+        "--rejects",
+        str(tmp_path / "r.jsonl"),
         stdin=stdin,
     )
     assert r.returncode == 0, r.stderr
