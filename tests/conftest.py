@@ -156,6 +156,19 @@ def run_cli(
     return result
 
 
+def spawn_cli(
+    *args: str, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.PIPE, text: bool = True
+) -> subprocess.Popen[Any]:
+    """The real command line in the background, for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmtasks", *args],
+        env=cli_env(),
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+    )
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 

@@ -11,7 +11,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli_env, read_jsonl, run_cli, write_prompts
+from tests.conftest import read_jsonl, run_cli, spawn_cli, write_prompts
 
 
 def _ledger_rows(path: Path) -> dict[int, tuple[str, str | None, str | None]]:
@@ -123,11 +122,8 @@ def test_kill_9_at_random_moments_then_rerun(emulator, tmp_path: Path) -> None:
     rng = random.Random(5)
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmtasks", "submit", str(src), "--base-url", emu.url, *args],
-            env=cli_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        proc = spawn_cli(
+            "submit", str(src), "--base-url", emu.url, *args, stderr=subprocess.DEVNULL
         )
         time.sleep(rng.uniform(0.5, 1.5))
         if proc.poll() is None:
@@ -210,26 +206,18 @@ def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: in
     src = tmp_path / "in.jsonl"
     write_prompts(src, 400)
     ledger = tmp_path / "run.sqlite"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmtasks",
-            "submit",
-            str(src),
-            "--base-url",
-            emu.url,
-            "--batch-size",
-            "10",
-            "--concurrency",
-            "4",
-            "--ledger",
-            str(ledger),
-        ],
-        env=cli_env(),
+    proc = spawn_cli(
+        "submit",
+        str(src),
+        "--base-url",
+        emu.url,
+        "--batch-size",
+        "10",
+        "--concurrency",
+        "4",
+        "--ledger",
+        str(ledger),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     time.sleep(1.5)
     proc.send_signal(sig)

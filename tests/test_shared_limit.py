@@ -26,7 +26,7 @@ import pytest
 from llmtasks._errors import ConfigError
 from llmtasks._shared import RedisThrottle, account_key, make_throttle, redacted
 from llmtasks._transport import Reply
-from tests.conftest import _OUTPUTS, LOGIN, PASSWORD, cli_env, read_jsonl, write_prompts
+from tests.conftest import _OUTPUTS, LOGIN, PASSWORD, cli_env, read_jsonl, spawn_cli, write_prompts
 
 pytest.importorskip("redis", reason="the redis client is in the test extra")
 
@@ -361,26 +361,21 @@ class Fleet:
     def __init__(self, src: Path, emu_url: str, limiter: str, n: int, *extra: str) -> None:
         self.outputs = [tempfile.TemporaryFile() for _ in range(n)]  # noqa: SIM115
         self.procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "llmtasks",
-                    "submit",
-                    str(src),
-                    "--base-url",
-                    emu_url,
-                    "--batch-size",
-                    "1",
-                    "--shard",
-                    f"{i}/{n}",
-                    "--limiter",
-                    limiter,
-                    *extra,
-                ],
-                env=cli_env(),
+            spawn_cli(
+                "submit",
+                str(src),
+                "--base-url",
+                emu_url,
+                "--batch-size",
+                "1",
+                "--shard",
+                f"{i}/{n}",
+                "--limiter",
+                limiter,
+                *extra,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                text=False,
             )
             for i, out in zip(range(1, n + 1), self.outputs, strict=True)
         ]
@@ -544,30 +539,21 @@ def test_one_ctrl_c_stops_a_run_paused_on_an_unreachable_limiter(
     src = tmp_path / "in.jsonl"
     write_prompts(src, 300)
     ledger = tmp_path / "run.sqlite"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmtasks",
-            "submit",
-            str(src),
-            "--base-url",
-            emu.url,
-            "--limiter",
-            redis_server.url,
-            "--rate",
-            "40",
-            "--period",
-            "2",
-            "--batch-size",
-            "1",
-            "--ledger",
-            str(ledger),
-        ],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = spawn_cli(
+        "submit",
+        str(src),
+        "--base-url",
+        emu.url,
+        "--limiter",
+        redis_server.url,
+        "--rate",
+        "40",
+        "--period",
+        "2",
+        "--batch-size",
+        "1",
+        "--ledger",
+        str(ledger),
     )
     deadline = time.monotonic() + 30
     while len(emu.created()) < 5:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 
-from tests.conftest import LOGIN, PASSWORD, cli_env, read_jsonl, run_cli, write_prompts
+from tests.conftest import LOGIN, PASSWORD, cli_env, read_jsonl, run_cli, spawn_cli, write_prompts
 
 
 def _task_posts(emu) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -242,28 +240,19 @@ def test_shards_split_one_input_between_processes(emulator, tmp_path: Path) -> N
     src = tmp_path / "in.jsonl"
     write_prompts(src, 301)
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmtasks",
-                "submit",
-                str(src),
-                "--base-url",
-                emu.url,
-                "--shard",
-                f"{i}/3",
-                "--batch-size",
-                "7",
-                "--rate",
-                "600",
-                "--period",
-                "60",
-            ],
-            env=cli_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        spawn_cli(
+            "submit",
+            str(src),
+            "--base-url",
+            emu.url,
+            "--shard",
+            f"{i}/3",
+            "--batch-size",
+            "7",
+            "--rate",
+            "600",
+            "--period",
+            "60",
         )
         for i in (1, 2, 3)
     ]
@@ -296,24 +285,8 @@ def test_one_submit_per_ledger_at_a_time(emulator, tmp_path: Path) -> None:
     emu = emulator("--latency-ms", "200")
     src = tmp_path / "in.jsonl"
     write_prompts(src, 100)
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmtasks",
-            "submit",
-            str(src),
-            "--base-url",
-            emu.url,
-            "--batch-size",
-            "5",
-            "--concurrency",
-            "1",
-        ],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    first = spawn_cli(
+        "submit", str(src), "--base-url", emu.url, "--batch-size", "5", "--concurrency", "1"
     )
     lock = tmp_path / "in.jsonl.ledger.sqlite.lock"
     deadline = time.monotonic() + 30
