@@ -362,7 +362,32 @@ def _jsonl(
             reason = _utf8_error(raw) or f"is not valid UTF-8 ({err.reason})"
             yield InputLine(line=n, digest=digest, task=None, reason=reason)
             continue
+        twice = _duplicate_field(raw)
+        if twice:
+            reason = "is given twice in this line: only one value would be sent"
+            yield InputLine(line=n, digest=digest, task=None, field=twice, reason=reason)
+            continue
         yield InputLine(line=n, digest=digest, task=task)
+
+
+# A quote that ends a JSON string cannot stand inside one, so a quoted name followed by a
+# colon is always a key. Names inside message_chain items repeat legitimately.
+_KEY: Final = re.compile(rb'"([A-Za-z_]+)"\s*:')
+_ITEM_KEYS: Final = frozenset({b"role", b"message"})
+
+
+def _duplicate_field(raw: bytes) -> str:
+    """The first field named twice in a JSONL line ("" if none): JSON parsers, msgspec
+    included, keep the last value silently, and a dropped value must not go unnoticed."""
+    keys: list[bytes] = [k for k in _KEY.findall(raw) if k not in _ITEM_KEYS]
+    if len(keys) == len(set(keys)):
+        return ""
+    seen: set[bytes] = set()
+    for k in keys:
+        if k in seen:
+            return k.decode()
+        seen.add(k)
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

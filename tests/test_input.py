@@ -680,3 +680,24 @@ def test_examples_in_the_docs_read_as_documented(tmp_path: Path) -> None:
         assert [il for il in got if il.task is None and not il.skipped] == []
         starts = {"jsonl": [1, 2, 3, 4, 5], "csv": [2, 3, 5], "text": [1, 2, 3, 4]}[kind]
         assert [il.line for il in got] == starts
+
+
+def test_a_field_given_twice_is_rejected_not_silently_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_bytes(
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "user_prompt": "b"}\n'
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "tag": "x", "tag"  :  "y"}\n'
+        b'{"user_prompt": "say \\"tag\\": twice", "model_name": "gpt-4o", "tag": "t"}\n'
+        b'{"user_prompt": "tag", "model_name": "gpt-4o", "tag": "t"}\n'
+        b'{"user_prompt": "c", "model_name": "gpt-4o", "message_chain": '
+        b'[{"role": "user", "message": "hi"}, {"role": "ai", "message": "hello"}]}\n'
+    )
+    got = list(read_lines(str(path)))
+    assert [(il.field, il.task is None) for il in got] == [
+        ("user_prompt", True),
+        ("tag", True),
+        ("", False),
+        ("", False),
+        ("", False),
+    ]
+    assert "given twice" in got[0].reason
