@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtasks._errors import ConfigError, InputError, LlmtasksError
+from llmtasks._receipt import STATES
 from llmtasks._version import __version__
 
 if TYPE_CHECKING:
@@ -334,7 +335,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--state",
         action="append",
-        choices=("pending", "created", "failed", "rejected", "skipped", "unknown"),
+        choices=STATES,
         help="only lines in this state (repeatable)",
     )
     _add_common(p)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO
 
 from llmtasks._errors import ConfigError, InputError
-from llmtasks._receipt import FINAL_STATES, Receipt, State
+from llmtasks._receipt import Receipt, State
 
 SCHEMA_VERSION: Final = 1
 
@@ -539,10 +539,6 @@ def _unpack(packed: bytes | None) -> list[int]:
     out = array.array("q")
     out.frombytes(packed or b"")
     return out.tolist()
-
-
-def is_final(state: str) -> bool:
-    return state in FINAL_STATES
 
 
 def _receipt(row: tuple[Any, ...]) -> Receipt:

@@ -6,13 +6,12 @@ from typing import Final, Literal
 
 import msgspec
 
-State = Literal["pending", "sending", "created", "failed", "rejected", "skipped", "unknown"]
-
-#: States that never change again (``unknown`` changes only through ``reconcile``).
-FINAL_STATES: Final = frozenset({"created", "failed", "rejected", "skipped"})
+# A line in a call that is in flight stays ``pending``: the write-ahead record is its batch
+# (see _ledger). ``created``, ``failed``, ``rejected`` and ``skipped`` never change again;
+# ``unknown`` changes only through ``reconcile``.
+State = Literal["pending", "created", "failed", "rejected", "skipped", "unknown"]
 STATES: Final[tuple[State, ...]] = (
     "pending",
-    "sending",
     "created",
     "failed",
     "rejected",
