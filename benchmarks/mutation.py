@@ -77,11 +77,18 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def prepare(target: Target) -> Path:
-    """A scratch project whose pyproject.toml tells mutmut what to mutate and which tests run."""
+def prepare(target: Target, *, fresh: bool) -> Path:
+    """A scratch project whose pyproject.toml tells mutmut what to mutate and which tests run.
+
+    Its ``mutants/`` is mutmut's cache: kept unless ``fresh``, so that a rerun checks again
+    only the functions (or tests) that changed since.
+    """
     work = SCRATCH / Path(target.module).stem.lstrip("_")
-    shutil.rmtree(work, ignore_errors=True)  # a fresh run: no stale cached verdicts
-    work.mkdir(parents=True)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    for name in ("llmtasks", "tests"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "llmtasks", work / "llmtasks")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     project = (ROOT / "pyproject.toml").read_text()
@@ -91,6 +98,11 @@ def prepare(target: Target) -> Path:
         "only_mutate": [target.module],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-o", "addopts="],
         "pytest_add_cli_args_test_selection": list(target.tests),
+        # A mutant that makes the limiter spin or stall would otherwise hold a worker for
+        # 15 times the tests' duration (mutmut's default); 4 still leaves a loaded machine
+        # room to finish a survivor's tests in time.
+        "timeout_multiplier": 4.0,
+        "timeout_constant": 5.0,
     }
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     (work / "pyproject.toml").write_text(project + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n")
@@ -113,12 +125,12 @@ def changed_line(diff: str) -> str:
     return " / ".join(added)
 
 
-def measure(target: Target, max_children: int) -> dict[str, object]:
+def measure(target: Target, max_children: int, *, fresh: bool) -> dict[str, object]:
     if target.needs and shutil.which(target.needs) is None:
         raise SystemExit(f"{target.module}: its tests need {target.needs}, which is not installed")
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    work = prepare(target)
+    work = prepare(target, fresh=fresh)
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
@@ -164,6 +176,7 @@ def measure(target: Target, max_children: int) -> dict[str, object]:
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": round(elapsed),
         "max_children": max_children,
+        "fresh": fresh,
         "mutants": len(statuses),
         "counts": counts,
         "score": detected / len(statuses),
@@ -201,7 +214,8 @@ def render() -> str:
         out.append(
             f"| `{r['module']}` | {mutants} | {mutants - len(survivors)} | {len(survivors)} "
             f"| {r['score']:.1%} | {equivalent} | {score_eq:.1%} | `{commit}` "
-            f"| {r['seconds']} s ({r['max_children']} workers) |"
+            f"| {r['seconds']} s ({r['max_children']} workers"
+            f"{'' if r.get('fresh') else ', reusing cached verdicts'}) |"
         )
         details += [
             "",
@@ -238,6 +252,7 @@ def main() -> None:
     parser.add_argument("--module", action="append", choices=known, help="default: all")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--render", action="store_true", help="only rewrite docs/testing.md")
+    parser.add_argument("--fresh", action="store_true", help="forget mutmut's cached verdicts")
     args = parser.parse_args()
     if not args.render:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -245,7 +260,7 @@ def main() -> None:
             if args.module and target.module not in args.module:
                 continue
             print(f"{target.module}: mutating ...", flush=True)
-            r = measure(target, args.max_children)
+            r = measure(target, args.max_children, fresh=args.fresh)
             result_path(target.module).write_text(json.dumps(r, indent=1) + "\n")
             unexplained = sum(1 for s in r["survivors"] if not s["equivalent"])
             print(

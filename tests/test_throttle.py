@@ -77,16 +77,21 @@ def test_react_slows_down_on_40202_and_429_only() -> None:
 
 
 def test_react_passes_the_admission_time_so_a_stale_40202_does_not_cut_twice() -> None:
-    async def main() -> tuple[float, float]:
+    async def main() -> tuple[float, float, float]:
         limiter = RateLimiter(rate=100, period_s=60.0, burst=2)
         throttle = LocalThrottle(limiter, ConcurrencyGate(limit=5))
-        throttle.react(_reply("retry", 40202), admitted_at=5.0)
+        throttle.react(_reply("retry", 40202), admitted_at=5.0)  # cut at t=10
+        await asyncio.sleep(10.0)  # well past the hold-off of a cut without an admission time
         once = limiter.current_rate
-        throttle.react(_reply("retry", 40202), admitted_at=9.0)  # sent before the cut at 10
-        return once, limiter.current_rate
+        throttle.react(_reply("retry", 40202), admitted_at=9.0)  # sent before the cut
+        stale = limiter.current_rate
+        throttle.react(_reply("retry", 40202), admitted_at=15.0)  # sent after it: cuts again
+        return once, stale, limiter.current_rate
 
-    once, after_stale = run(main, start=10.0)
-    assert once == after_stale < 100
+    once, stale, fresh = run(main, start=10.0)
+    assert once == pytest.approx(2 + 98 * (0.5 + 0.1 * 10 / 60))  # recovering from one cut
+    assert stale == once
+    assert fresh == pytest.approx(2 + 98 * (0.5 + 0.1 * 10 / 60) / 2)
 
 
 def test_react_narrows_the_gate_on_40209_and_widens_it_on_success() -> None:
