@@ -103,6 +103,15 @@ def prepare(target: Target, *, fresh: bool) -> Path:
     for name in ("llmtasks", "tests"):
         shutil.rmtree(work / name, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    # Sharper tests may kill what survived before: every verdict but a kill (or a timeout)
+    # is checked again; kills are reused (mutmut itself re-checks the functions that changed).
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        verdicts = data["exit_code_by_key"]
+        for name, code in verdicts.items():
+            if code not in (1, 3, -24, 24, 36, 152, 255):
+                verdicts[name] = None
+        meta.write_text(json.dumps(data, indent=4))
     shutil.copytree(ROOT / "llmtasks", work / "llmtasks")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     project = (ROOT / "pyproject.toml").read_text()
