@@ -55,7 +55,7 @@ TARGETS: tuple[Target, ...] = (
         ("tests/test_shared_limit.py", "-m", "not subprocesses"),
         needs="redis-server",
     ),
-    Target("llmtasks/_transport.py", ("tests/test_transport.py", "tests/test_submit_lib.py")),
+    Target("llmtasks/_transport.py", ("tests/test_transport.py",)),
     Target("llmtasks/_submit.py", ("tests/test_submit_lib.py", "tests/test_collect.py")),
     Target("llmtasks/_ledger.py", ("tests/test_submit_lib.py", "tests/test_collect.py")),
     Target("llmtasks/_reconcile.py", ("tests/test_reconcile.py",)),
