@@ -35,6 +35,7 @@ from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._task import ENGINES
 from llmtasks._throttle import LocalThrottle, RetryPolicy, default_burst, default_concurrency
 from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport, stop_error
+from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
 
@@ -407,7 +408,7 @@ class Collector:
         deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
         leftovers = ledger.fetching()
         if leftovers:
-            log.info("fetching %d task(s) an earlier run was fetching", len(leftovers))
+            log.info("fetching %s an earlier run was fetching", count(len(leftovers), "task"))
             await self._fetch_all(leftovers, "direct")
         if direct:
             after = 0

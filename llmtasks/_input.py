@@ -30,6 +30,7 @@ from llmtasks._task import (
     decode_task,
     explain,
 )
+from llmtasks._words import count
 
 Format = Literal["jsonl", "csv", "text"]
 FORMATS: Final[tuple[Format, ...]] = ("jsonl", "csv", "text")
@@ -232,7 +233,7 @@ def _too_long(line: int, digest: bytes, size: int, max_line_bytes: int) -> Input
         line=line,
         digest=digest,
         task=None,
-        reason=f"is longer than {max_line_bytes} bytes ({size} bytes)",
+        reason=f"is longer than {count(max_line_bytes, 'byte')} ({count(size, 'byte')})",
     )
 
 
@@ -546,7 +547,7 @@ def _csv(
             yield InputLine(line=line, digest=digest, task=None, reason=BLANK, skipped=True)
             continue
         if len(row) != width:
-            reason = f"has {len(row)} cells but the header has {width} columns"
+            reason = f"has {count(len(row), 'cell')} but the header has {count(width, 'column')}"
             yield InputLine(line=line, digest=digest, task=None, reason=reason)
             continue
         if src.bad_utf8:

@@ -204,7 +204,7 @@ def test_jsonl_huge_line_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
     got = read(path, default_model="m", max_line_bytes=1000)
     assert [outcome(il) for il in got] == [
         (1, task("a", "m")),
-        (2, "", f"is longer than 1000 bytes ({len(huge)} bytes)"),
+        (2, "", f"is longer than 1,000 bytes ({len(huge):,} bytes)"),
         (3, task("b", "m")),
     ]
     assert got[1].digest == blake(huge)
@@ -225,7 +225,7 @@ def test_line_length_limit_is_exact(tmp_path: Path, size: int, ending: bytes, fi
     if size <= 1000:
         assert last.field == "user_prompt"  # too long for a prompt, but read whole
     else:
-        assert last.reason == f"is longer than 1000 bytes ({size} bytes)"
+        assert last.reason == f"is longer than 1,000 bytes ({size:,} bytes)"
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def test_csv_huge_record_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
     unterminated = b'"never closed\n' + b"more\n" * 300
     data = b"user_prompt,model_name\na,m\n" + huge_line + b"\nb,m\n" + unterminated
     got = read(write(tmp_path, "in.csv", data), max_line_bytes=1000)
-    too_long = "is longer than 1000 bytes"
+    too_long = "is longer than 1,000 bytes"
     # The open quote on line 5 swallows lines until the record passes 1000 bytes, which is
     # on line 203 (13 + 198 * 5 > 1000); reading resumes on line 204, one record a line.
     assert [(il.line, il.reason.split(" (")[0]) for il in got] == [
@@ -376,10 +376,10 @@ def test_csv_huge_record_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
         (3, too_long),
         (4, ""),
         (5, too_long),
-        *[(n, "has 1 cells but the header has 2 columns") for n in range(204, 306)],
+        *[(n, "has 1 cell but the header has 2 columns") for n in range(204, 306)],
     ]
     assert got[1].digest == blake(huge_line)
-    assert got[1].reason == f"{too_long} ({len(huge_line)} bytes)"
+    assert got[1].reason == f"{too_long} ({len(huge_line):,} bytes)"
 
 
 @pytest.mark.parametrize(
