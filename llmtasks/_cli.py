@@ -588,8 +588,10 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                     loop.remove_signal_handler(sig)
             ledger = submitter.ledger
             assert ledger is not None
-            write_jsonl(receipts_path, ledger)
-            n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"})
+            # No empty files: a run with nothing rejected leaves no rejects file.
+            if not write_jsonl(receipts_path, ledger, empty=False):
+                receipts_path = ""
+            n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"}, empty=False)
             counts = ledger.counts()
             if not args.quiet:
                 text = submit_summary(
@@ -640,11 +642,15 @@ def submit_summary(
     ]
     if counts.get("skipped"):
         parts.append(f"{counts['skipped']:,} blank")
-    earlier = f" ({count(s.already_done, 'line')} done by earlier runs)" if s.already_done else ""
+    earlier = f" ({s.already_done:,} done by earlier runs)" if s.already_done else ""
     pace = summary_pace(
         s.window, calls=s.calls, retries=s.retries, elapsed_s=s.elapsed_s, now=s.ended
     )
-    where = f"llmtasks: receipts in {receipts_path}" if receipts_path else "llmtasks: no receipts"
+    where = (
+        f"llmtasks: receipts in {receipts_path}"
+        if receipts_path
+        else "llmtasks: no receipts: the input has no lines"
+    )
     if n_rejects:
         where += f", {count(n_rejects, 'reject')} in {rejects_path}"
     out = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -175,8 +176,15 @@ def receive_line(s: Any, out: str) -> str:
     return (
         f"llmtasks: receive: {count(s.postbacks, 'postback')}, {count(s.pingbacks, 'pingback')}, "
         f"{count(s.stored, 'result')} stored, {count(s.duplicates, 'duplicate')}, "
-        f"{s.foreign:,} not in the ledger; results in {out}"
+        f"{s.foreign:,} not in the ledger; {_results_where(out)[len('llmtasks: ') :]}"
     )
+
+
+def _results_where(out: str) -> str:
+    # The results file is created with its first result: say so rather than name no file.
+    if os.path.exists(out):
+        return f"llmtasks: results in {out}"
+    return f"llmtasks: no results yet (none written to {out})"
 
 
 async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
@@ -238,7 +246,7 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
         states = ledger.counts()
         if not args.quiet:
             print(_progress_line(collector, time.monotonic() - started), file=sys.stderr)
-            print(f"llmtasks: results in {out}", file=sys.stderr)
+            print(_results_where(out), file=sys.stderr)
             for note in collect_notes(counts, states):
                 print(note, file=sys.stderr)
     if stop_error is not None:

@@ -67,7 +67,10 @@ def progress_pace(window: CallWindow, now: float | None = None) -> str:
     elapsed = window.elapsed_s(now)
     if elapsed < window.period_s:
         # Less than one window so far: every call made is in it.
-        return f"{_calls(n, window.limit)} so far in {seconds(elapsed)}, limit {window.limit:,} per {period}"
+        return (
+            f"{_calls(n, window.limit)} so far in {seconds(elapsed)}, "
+            f"limit {window.limit:,} per {period}"
+        )
     return f"{_calls(n, window.limit)} in the last {period}, limit {window.limit:,}"
 
 

@@ -29,7 +29,7 @@ from llmtasks._errors import (
     LlmtasksError,
     ServiceError,
 )
-from llmtasks._input import InputLine, record_digest
+from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger, NewLine
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -40,7 +40,6 @@ from llmtasks._task import (
     Task,
     TaskRuleError,
     check_rules,
-    decode_task,
     explain,
 )
 from llmtasks._throttle import (
@@ -770,7 +769,7 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
     fingerprint = record_digest(raw)
     try:
-        task = decode_task(raw, strict=True)
+        task = decode_user_task(raw)
         if task.model_name is None and default_model:
             task = msgspec.structs.replace(task, model_name=default_model)
         check_rules(task, require_model=True)

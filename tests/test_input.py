@@ -125,7 +125,12 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
         (1, task("hello", "gpt-4o")),
         (2, "modle_name", "unknown field"),
         (3, "user_prompt", "must be a string, got an integer"),
-        (4, "", "is not valid JSON: it ends before the value is complete"),
+        (
+            4,
+            "",
+            "is not valid JSON: the line ends (byte 43) before the value is complete: a "
+            "closing quote, } or ] is missing",
+        ),
         (5, "", "must be a JSON object of task fields, got a list"),
         (6, "", "blank line"),
         (7, "", "blank line"),
@@ -139,7 +144,12 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
         (15, task("café", "gpt-4o", tag="t1", web_search=True)),
         (16, "", "must be a JSON object of task fields, got a string"),
         (17, "model_name", "is required (set model_name in the input or give --model)"),
-        (18, "", "is not valid JSON: trailing characters (byte 46)"),
+        (
+            18,
+            "",
+            "is not valid JSON: more text follows the end of the JSON value at byte 45 (one "
+            "object per line)",
+        ),
     ]
     assert [il.skipped for il in got] == [i in (6, 7) for i in range(1, 19)]
     assert isinstance(got[0].task, StrictTask)
@@ -323,8 +333,8 @@ def test_csv_good_and_bad_rows(tmp_path: Path) -> None:
         (
             9,
             "message_chain",
-            "must be a JSON list of messages: is not valid JSON: it ends before the value is "
-            "complete",
+            "must be a JSON list of messages: is not valid JSON: the cell ends (byte 16) before "
+            "the value is complete: a closing quote, } or ] is missing",
         ),
         (10, "message_chain[0].role", "Invalid enum value 'x'"),
         (11, "", "has 2 cells but the header has 7 columns"),
