@@ -265,13 +265,24 @@ class Submitter:
     async def __aexit__(self, *exc: object) -> None:
         # An async generator left by ``break`` is closed only when collected: finish it here,
         # before the connection closes under its calls in flight.
-        await self._drain()
-        await self.transport.__aexit__()
-        if self.ledger is not None:
+        # Each step even when the one before failed (an abort cancels the drain): the
+        # connection closed, the session recorded, the ledger closed and its lock file gone.
+        try:
+            await self._drain()
+        finally:
+            try:
+                await self.transport.__aexit__()
+            finally:
+                if self.ledger is not None:
+                    self._close_ledger(self.ledger)
+
+    def _close_ledger(self, ledger: Ledger) -> None:
+        try:
             self.stats.ended = self.stats.ended or time.monotonic()
-            self.ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+            ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+        finally:
             if not isinstance(self._ledger_arg, Ledger):
-                self.ledger.close()
+                ledger.close()
 
     def stop(self) -> None:
         """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record.
