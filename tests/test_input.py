@@ -711,3 +711,163 @@ def test_a_field_given_twice_is_rejected_not_silently_dropped(tmp_path: Path) ->
         ("", False),
     ]
     assert "given twice" in got[0].reason
+
+
+# --- whole-number floats in integer fields ---------------------------------------------------
+
+
+def test_whole_number_floats_are_integers_in_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = write(
+        tmp_path,
+        "in.jsonl",
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "max_output_tokens": 512.0}\n'
+        b'{"user_prompt": "b", "model_name": "gpt-4o", "max_output_tokens": 5.12e2}\n'
+        b'{"user_prompt": "c", "model_name": "gpt-4o", "max_output_tokens": 512.5}\n'
+        b'{"user_prompt": "d", "model_name": "gpt-4o", "max_output_tokens": 5.0}\n'
+        b'{"user_prompt": "e", "model_name": "gpt-4o", "max_output_tokens": 512.0, "x": 1}\n',
+    )
+    got = read(jsonl)
+    assert [outcome(il) for il in got] == [
+        (1, task("a", "gpt-4o", max_output_tokens=512)),
+        (2, task("b", "gpt-4o", max_output_tokens=512)),
+        (3, "max_output_tokens", "must be an integer, got a number"),
+        (4, "max_output_tokens", "must be 16..2048 for non-reasoning model 'gpt-4o'"),
+        (5, "x", "unknown field"),
+    ]
+    assert got[0].task is not None and type(got[0].task.max_output_tokens) is int
+    # What is POSTed: the integer, not 512.0.
+    assert b'"max_output_tokens":512}' in msgspec.json.encode(got[0].task)
+    # The digest is of the line as written: a resume compares the same bytes.
+    assert got[0].digest == blake(
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "max_output_tokens": 512.0}'
+    )
+
+    csv_path = write(
+        tmp_path,
+        "in.csv",
+        b"user_prompt,model_name,max_output_tokens\na,gpt-4o,512.0\nb,gpt-4o, 512.5\n"
+        b"c,gpt-4o,5.12e2\nd,gpt-4o,nan\n",
+    )
+    assert [outcome(il) for il in read(csv_path)] == [
+        (2, task("a", "gpt-4o", max_output_tokens=512)),
+        (3, "max_output_tokens", "must be an integer, got ' 512.5'"),
+        (4, task("c", "gpt-4o", max_output_tokens=512)),
+        (5, "max_output_tokens", "must be an integer, got 'nan'"),
+    ]
+
+
+# --- JSON decoding errors, in words ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b'{"user_prompt": "\\ud800", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\ud800 at byte 17 is a lone high UTF-16 "
+            "surrogate, not followed by a low one (\\udc00-\\udfff): it stands for no character "
+            "(a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (  # msgspec calls this one "Input data was truncated"
+            b'{"user_prompt": "\\ud800"}',
+            "is not valid JSON: the escape \\ud800 at byte 17 is a lone high UTF-16 "
+            "surrogate, not followed by a low one (\\udc00-\\udfff): it stands for no character "
+            "(a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (
+            b'{"user_prompt": "ok \\ud83d\\ude00 then \\udc00", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\udc00 at byte 38 is a lone low UTF-16 "
+            "surrogate, not preceded by a high one (\\ud800-\\udbff): it stands for no "
+            "character (a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (
+            b'{"user_prompt": "a\\u12", "model_name": "gpt-4o"}',
+            "is not valid JSON: a \\u escape at byte 18 needs four hex digits (as in \\u00e9)",
+        ),
+        (
+            b'{"user_prompt": "a\\qb", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\q at byte 18 is not one JSON knows: after a \\ "
+            'come only " \\ / b f n r t or u (write \\\\ for a backslash)',
+        ),
+        (
+            b'{"user_prompt": "a\tb", "model_name": "gpt-4o"}',
+            "is not valid JSON: a control character (a tab) at byte 18: inside a string it "
+            "must be written as \\t",
+        ),
+        (
+            b'{"user_prompt": "a\x01b", "model_name": "gpt-4o"}',
+            "is not valid JSON: a control character (U+0001) at byte 18: inside a string it "
+            "must be written as \\u0001",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"} x',
+            "is not valid JSON: more text follows the end of the JSON value at byte 45 (one "
+            "object per line)",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"}{}',
+            "is not valid JSON: more text follows the end of the JSON value at byte 44 (one "
+            "object per line)",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"',
+            "is not valid JSON: the line ends (byte 43) before the value is complete: a "
+            "closing quote, } or ] is missing",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o",}',
+            "is not valid JSON: a comma before the closing } at byte 44: remove it",
+        ),
+        (
+            b'{"user_prompt" "a", "model_name": "gpt-4o"}',
+            "is not valid JSON: a ':' is missing after the field name at byte 15",
+        ),
+        (
+            b'{"user_prompt": "a" "model_name": "gpt-4o"}',
+            "is not valid JSON: a ',' or } is missing at byte 20",
+        ),
+        (
+            b"{'user_prompt': 'a'}",
+            "is not valid JSON: a field name at byte 1 is not in double quotes",
+        ),
+        (
+            b"{\"user_prompt\": 'a'}",
+            "is not valid JSON: a single quote at byte 16: JSON puts names and strings in "
+            "double quotes",
+        ),
+        (
+            b'{"user_prompt": \xe2\x80\x9ca\xe2\x80\x9d}',
+            "is not valid JSON: a typographic quote \u201c at byte 16: JSON needs plain double "
+            'quotes (")',
+        ),
+        (
+            b'{"user_prompt": tru}',
+            "is not valid JSON: unexpected text 'tru' at byte 16: strings need double quotes, "
+            "and true, false and null are lower case",
+        ),
+        (
+            b'{"user_prompt": "a", "temperature": NaN}',
+            "is not valid JSON: NaN and Infinity (byte 36) are not JSON numbers",
+        ),
+        (
+            b'{"user_prompt": "a", "max_output_tokens": 0100}',
+            "is not valid JSON: an invalid number near byte 43 (JSON numbers have no leading "
+            "zeros and a digit on both sides of '.')",
+        ),
+        (
+            b'{"user_prompt": "a", "max_output_tokens": +100}',
+            "is not valid JSON: a number at byte 42 starts with '+': JSON numbers start with "
+            "a digit or -",
+        ),
+        (b"// a comment", "is not valid JSON: a comment at byte 0: JSON has no comments"),
+        (b'{"user_prompt": "caf\xe9"}', "is not valid UTF-8 (byte 20)"),
+    ],
+)
+def test_json_errors_in_words_with_the_byte_offset(tmp_path: Path, raw: bytes, reason: str) -> None:
+    (got,) = read(write(tmp_path, "in.jsonl", raw + b"\n"))
+    assert (got.task, got.field, got.reason) == (None, "", reason)
+
+
+def test_an_escaped_backslash_is_not_a_surrogate_escape(tmp_path: Path) -> None:
+    (got,) = read(write(tmp_path, "in.jsonl", b'{"user_prompt": "\\\\ud800", "model_name": "m"}'))
+    assert got.task is not None and got.task.user_prompt == "\\ud800"

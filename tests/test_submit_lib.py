@@ -148,3 +148,18 @@ def test_the_lock_file_goes_with_the_lock_and_a_stale_handle_cannot_take_it(
     assert lock.exists()  # a refused submit leaves the holder's file alone
     second.close()
     assert not lock.exists()
+
+
+async def test_whole_number_floats_are_sent_as_integers() -> None:
+    async with Emulator() as emu:
+        tasks: list[object] = [
+            {"user_prompt": "dict", "model_name": "gpt-4o", "max_output_tokens": 512.0},
+            Task(user_prompt="struct", model_name="gpt-4o", max_output_tokens=512.0),  # type: ignore[arg-type]
+            {"user_prompt": "half", "model_name": "gpt-4o", "max_output_tokens": 512.5},
+        ]
+        async with _submitter(emu) as sub:
+            receipts = {r.line: r for r in [r async for r in sub.submit(tasks)]}  # type: ignore[arg-type]
+        assert [receipts[i].state for i in (1, 2, 3)] == ["created", "created", "rejected"]
+        assert receipts[3].field == "max_output_tokens"
+        sent = [t.data["max_output_tokens"] for t in emu.created]
+        assert sent == [512, 512] and all(type(v) is int for v in sent)
