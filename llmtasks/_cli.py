@@ -145,11 +145,14 @@ def _add_submit(sub: Any) -> None:
     )
     p.add_argument("--ledger", help="SQLite ledger (default: INPUT.ledger.sqlite)")
     p.add_argument(
-        "--receipts", help="JSONL, one line per input line (default: INPUT.receipts.jsonl)"
+        "--receipts",
+        help="JSONL, one line per input line (default: INPUT.receipts.jsonl; not written for "
+        "an input with no lines)",
     )
     p.add_argument(
         "--rejects",
-        help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl)",
+        help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl; "
+        "not written, and an earlier one removed, when no line was rejected)",
     )
     p.add_argument("--max-cost-usd", type=float, help="never let this run's charges exceed this")
     p.add_argument(
@@ -198,7 +201,8 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--progress-interval",
         type=_positive_float,
-        help="seconds between progress updates (default: 0.25 on a terminal, else 30)",
+        help="seconds between progress updates (default: 0.25 on a terminal, else 30); the "
+        "pace shown is the calls made in the last --period seconds, against --rate",
     )
     p.add_argument(
         "--emulate",
