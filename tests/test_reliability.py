@@ -228,6 +228,7 @@ def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: in
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert not Path(f"{ledger}.lock").exists()  # removed on a graceful stop too
     states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
     assert "unknown" not in states and "sending" not in states  # in-flight calls were recorded
     assert states["created"] == len(emu.created()) > 0
