@@ -153,7 +153,9 @@ def changed_line(diff: str) -> str:
     return " / ".join(added)
 
 
-def measure(target: Target, max_children: int, *, fresh: bool) -> dict[str, object]:
+def measure(
+    target: Target, max_children: int, *, fresh: bool, run_mutmut: bool = True
+) -> dict[str, object]:
     missing = [t for t in target.tests if t.startswith("tests/") and not (ROOT / t).exists()]
     if missing:
         raise SystemExit(
@@ -164,15 +166,20 @@ def measure(target: Target, max_children: int, *, fresh: bool) -> dict[str, obje
         raise SystemExit(f"{target.module}: its tests need {target.needs}, which is not installed")
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    work = prepare(target, fresh=fresh)
     started = time.monotonic()
-    run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    if run_mutmut:
+        work = prepare(target, fresh=fresh)
+        run = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        output = run.stdout + run.stderr
+    else:  # the verdicts so far of a run that was stopped (or is still going)
+        work = SCRATCH / Path(target.module).stem.lstrip("_")
+        output = ""
     elapsed = time.monotonic() - started
     statuses: dict[str, str] = {}
     for line in mutmut(work, "results", "--all", "true").splitlines():
@@ -180,11 +187,11 @@ def measure(target: Target, max_children: int, *, fresh: bool) -> dict[str, obje
         if sep and name.startswith("llmtasks."):
             statuses[name] = status
     if not statuses:
-        tail = (run.stdout + run.stderr)[-3000:]
+        tail = output[-3000:]
         raise SystemExit(f"{target.module}: mutmut produced no mutants\n{tail}")
     survivors = []
     for name, status in sorted(statuses.items()):
-        if status in DETECTED:
+        if status in DETECTED or status == "not checked":
             continue
         diff = mutmut(work, "show", name)
         diff = diff.split("\n", 1)[1] if diff.startswith("#") else diff
@@ -211,6 +218,7 @@ def measure(target: Target, max_children: int, *, fresh: bool) -> dict[str, obje
         "seconds": round(elapsed),
         "max_children": max_children,
         "fresh": fresh,
+        "complete": "not checked" not in counts,
         "mutants": len(statuses),
         "counts": counts,
         "score": detected / len(statuses),
@@ -244,12 +252,17 @@ def render() -> str:
         commit = r["commit"][:10] + (" (dirty)" if r["dirty"] else "")
         mutants = r["mutants"]
         judged = mutants - equivalent
-        score_eq = (mutants - len(survivors)) / judged if judged else 1.0
+        detected = sum(n for status, n in r["counts"].items() if status in DETECTED)
+        score_eq = detected / judged if judged else 1.0
         out.append(
-            f"| `{r['module']}` | {mutants} | {mutants - len(survivors)} | {len(survivors)} "
+            f"| `{r['module']}` | {mutants} | {detected} | {len(survivors)} "
             f"| {r['score']:.1%} | {equivalent} | {score_eq:.1%} | `{commit}` "
-            f"| {r['seconds']} s ({r['max_children']} workers"
-            f"{'' if r.get('fresh') else ', reusing cached verdicts'}) |"
+            + (
+                f"| {r['seconds']} s ({r['max_children']} workers"
+                f"{'' if r.get('fresh') else ', reusing cached verdicts'}) |"
+                if r.get("complete", True)
+                else f"| incomplete: {r['counts']['not checked']} not checked yet |"
+            )
         )
         details += [
             "",
@@ -287,6 +300,9 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--render", action="store_true", help="only rewrite docs/testing.md")
     parser.add_argument("--fresh", action="store_true", help="forget mutmut's cached verdicts")
+    parser.add_argument(
+        "--no-run", action="store_true", help="report the verdicts cached so far, run nothing"
+    )
     args = parser.parse_args()
     if not args.render:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -294,7 +310,7 @@ def main() -> None:
             if args.module and target.module not in args.module:
                 continue
             print(f"{target.module}: mutating ...", flush=True)
-            r = measure(target, args.max_children, fresh=args.fresh)
+            r = measure(target, args.max_children, fresh=args.fresh, run_mutmut=not args.no_run)
             result_path(target.module).write_text(json.dumps(r, indent=1) + "\n")
             unexplained = sum(1 for s in r["survivors"] if not s["equivalent"])
             print(
