@@ -70,6 +70,7 @@ TARGETS: tuple[Target, ...] = (
 # Survivors that no test can tell from the original, keyed by the mutated function and the
 # mutated line as it reads after the mutation (mutant numbers shift whenever the code
 # changes; these do not). Each needs a reason.
+_HEADERS = 'self._headers = {{"{ct}": "application/json", "{auth}": f"Basic {{token}}"}}'
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("llmtasks._ratelimit.xǁRateLimiterǁ_leak", "if now >= self._checked_at:"): (
         "with now == _checked_at the bucket drains by 0 tokens and _checked_at is set to "
@@ -79,6 +80,25 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "differs only when the level is exactly burst - 1 + 1e-9, a float the bucket's "
         "arithmetic does not land on (levels are whole tokens minus drained amounts; _EPS "
         "absorbs rounding, on either side of it)"
+    ),
+    **{
+        ("llmtasks._transport.xǁTransportǁ__init__", line): (
+            "HTTP header names are case-insensitive (RFC 9110); aiohttp keeps them in a "
+            "case-insensitive dict and the service sees the same request"
+        )
+        for line in (
+            _HEADERS.format(ct="content-type", auth="Authorization"),
+            _HEADERS.format(ct="CONTENT-TYPE", auth="Authorization"),
+            _HEADERS.format(ct="Content-Type", auth="authorization"),
+            _HEADERS.format(ct="Content-Type", auth="AUTHORIZATION"),
+        )
+    },
+    (
+        "llmtasks._transport.xǁTransportǁ__init__",
+        'token = base64.b64encode(f"{login}:{password}".encode()).decode("ASCII")',
+    ): "codec names are case-insensitive in Python",
+    ("llmtasks._transport.xǁTransportǁget", 'return await self._call("get", path, None)'): (
+        "aiohttp upper-cases the method before sending (the loopback test sees GET)"
     ),
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "

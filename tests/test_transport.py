@@ -259,3 +259,27 @@ async def test_no_reply_before_the_timeout_is_unknown() -> None:
         assert reply == Reply("unknown", None, None, "no reply before the timeout")
     finally:
         await runner.cleanup()
+
+
+# --- from the survivors of mutation testing (docs/testing.md) -------------------------------
+
+
+def test_transport_defaults() -> None:
+    """60 s per call, 10 s to connect, 30 connections (the service's cap on simultaneous
+    requests), and plain http refused except to loopback."""
+    t = Transport(base_url="https://api.dataforseo.com", login="a", password="b")
+    assert (t._timeout.total, t._timeout.sock_connect, t._max_connections) == (60.0, 10.0, 30)
+    with pytest.raises(ConfigError, match="refusing plain http"):
+        Transport(base_url="http://example.com", login="a", password="b")
+    insecure = Transport(
+        base_url="http://example.com/", login="a", password="b", allow_insecure=True
+    )
+    assert insecure.base_url == "http://example.com"
+
+
+def test_error_descriptions_are_one_short_line() -> None:
+    from llmtasks._transport import _describe
+
+    assert _describe(OSError("first line\nsecond line")) == "first line"
+    assert _describe(TimeoutError()) == "TimeoutError"
+    assert _describe(OSError("x" * 300)) == "x" * 200
