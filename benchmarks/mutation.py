@@ -209,26 +209,27 @@ def measure(
     if not statuses:
         tail = output[-3000:]
         raise SystemExit(f"{target.module}: mutmut produced no mutants\n{tail}")
-    survivors = []
+    survivors, timeouts = [], []
     for name, status in sorted(statuses.items()):
-        if status in DETECTED or status == "not checked":
+        if status == "killed" or status == "not checked":
             continue
         diff = mutmut(work, "show", name)
         diff = diff.split("\n", 1)[1] if diff.startswith("#") else diff
         line = changed_line(diff)
-        survivors.append(
-            {
-                "name": name,
-                "status": status,
-                "line": line,
-                "diff": diff.strip(),
-                "equivalent": EQUIVALENT.get((name.rsplit("__mutmut_", 1)[0], line)),
-            }
-        )
+        entry = {
+            "name": name,
+            "status": status,
+            "line": line,
+            "diff": diff.strip(),
+            "equivalent": EQUIVALENT.get((name.rsplit("__mutmut_", 1)[0], line)),
+        }
+        # A timeout is a hang the mutant caused, or a loaded machine: an explained
+        # equivalent that timed out is an equivalent, not a kill.
+        (timeouts if status in DETECTED and not entry["equivalent"] else survivors).append(entry)
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
-    detected = sum(n for s, n in counts.items() if s in DETECTED)
+    detected = counts.get("killed", 0) + len(timeouts)
     return {
         "module": target.module,
         "tests": list(target.tests),
@@ -241,10 +242,10 @@ def measure(
         "complete": "not checked" not in counts,
         "mutants": len(statuses),
         "counts": counts,
+        "detected": detected,
         "score": detected / len(statuses),
-        "score_with_equivalents": (detected + sum(1 for s in survivors if s["equivalent"]))
-        / len(statuses),
         "survivors": survivors,
+        "timeouts": timeouts,
     }
 
 
@@ -272,7 +273,9 @@ def render() -> str:
         commit = r["commit"][:10] + (" (dirty)" if r["dirty"] else "")
         mutants = r["mutants"]
         judged = mutants - equivalent
-        detected = sum(n for status, n in r["counts"].items() if status in DETECTED)
+        detected = r.get("detected") or sum(
+            n for status, n in r["counts"].items() if status in DETECTED
+        )
         score_eq = detected / judged if judged else 1.0
         out.append(
             f"| `{r['module']}` | {mutants} | {detected} | {len(survivors)} "
@@ -291,6 +294,15 @@ def render() -> str:
             f"Tests: `{' '.join(r['tests'])}`. Measured {r['measured_at']} at `{commit}`;"
             f" statuses: {', '.join(f'{k} {v}' for k, v in sorted(r['counts'].items()))}.",
         ]
+        if r.get("timeouts"):
+            hung = [f"`{t['name'].rsplit('.', 1)[1]}` (`{t['line']}`)" for t in r["timeouts"]]
+            details += [
+                "",
+                "Timed out (counted as detected: the mutant made a test hang, or the machine"
+                " was too loaded to finish in time; rerun on an idle machine to tell): "
+                + ", ".join(hung)
+                + ".",
+            ]
         if not survivors:
             details += ["", "No survivor."]
         for s in survivors:
