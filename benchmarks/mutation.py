@@ -189,6 +189,7 @@ def measure(
     started = time.monotonic()
     if run_mutmut:
         work = prepare(target, fresh=fresh)
+        (work / "measured.json").write_text(json.dumps({"commit": commit, "dirty": dirty}))
         run = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
             cwd=work,
@@ -200,6 +201,9 @@ def measure(
     else:  # the verdicts so far of a run that was stopped (or is still going)
         work = SCRATCH / Path(target.module).stem.lstrip("_")
         output = ""
+        if (work / "measured.json").exists():  # the commit that run copied
+            measured = json.loads((work / "measured.json").read_text())
+            commit, dirty = measured["commit"], measured["dirty"]
     elapsed = time.monotonic() - started
     statuses: dict[str, str] = {}
     for line in mutmut(work, "results", "--all", "true").splitlines():
