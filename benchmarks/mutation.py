@@ -100,6 +100,26 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("llmtasks._transport.xǁTransportǁget", 'return await self._call("get", path, None)'): (
         "aiohttp upper-cases the method before sending (the loopback test sees GET)"
     ),
+    ("llmtasks._transport.xǁTransportǁpost", 'return await self._call("post", path, body)'): (
+        "aiohttp upper-cases the method before sending (the loopback test sees POST)"
+    ),
+    **{
+        ("llmtasks._transport.xǁTransportǁ__aenter__", line): (
+            "the DNS cache's lifetime: not observable on loopback (the tests use IP "
+            "literals, and no test may reach a resolver); a performance setting"
+        )
+        for line in (
+            "connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=None)",
+            "connector = aiohttp.TCPConnector(limit=self._max_connections, )",
+            "connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=301)",
+        )
+    },
+    ("llmtasks._transport.xǁTransportǁ__aenter__", "raise_for_status=None,"): (
+        "None is aiohttp's 'no callback', the same as False: statuses are read, not raised"
+    ),
+    ("llmtasks._transport.xǁTransportǁ__aenter__", ")"): (
+        "dropping raise_for_status=False leaves aiohttp's default, which is False"
+    ),
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"

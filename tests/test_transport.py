@@ -283,3 +283,56 @@ def test_error_descriptions_are_one_short_line() -> None:
     assert _describe(OSError("first line\nsecond line")) == "first line"
     assert _describe(TimeoutError()) == "TimeoutError"
     assert _describe(OSError("x" * 300)) == "x" * 200
+
+
+async def test_http_error_statuses_are_read_not_raised() -> None:
+    statuses = iter([401, 500, 402])
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=next(statuses), body=_envelope(20000))
+
+    runner, url = await _serve(handler)
+    try:
+        async with Transport(base_url=url, login="a", password="b") as t:
+            kinds = [(await t.get("/v3/x")).kind for _ in range(3)]
+        assert kinds == ["auth", "unknown", "funds"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_at_most_30_connections_at_once() -> None:
+    inside, peak = 0, 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await asyncio.sleep(0.3)
+        inside -= 1
+        return web.Response(body=_envelope(20000))
+
+    runner, url = await _serve(handler)
+    try:
+        async with Transport(base_url=url, login="a", password="b") as t:
+            replies = await asyncio.gather(*(t.get("/v3/x") for _ in range(40)))
+        assert {r.kind for r in replies} == {"ok"}
+        assert peak == 30
+    finally:
+        await runner.cleanup()
+
+
+async def test_outside_its_context_the_transport_refuses_to_call() -> None:
+    t = Transport(base_url="http://127.0.0.1:1", login="a", password="b")
+    with pytest.raises(AssertionError, match=r"^use 'async with Transport\(...\)'$"):
+        await t.get("/v3/x")
+    async with t:
+        pass
+    with pytest.raises(AssertionError, match=r"^use 'async with Transport\(...\)'$"):
+        await t.post("/v3/x", b"[]")
+
+
+async def test_a_refused_connection_names_the_address() -> None:
+    port = _free_port()
+    async with Transport(base_url=f"http://127.0.0.1:{port}", login="a", password="b") as t:
+        reply = await t.get("/v3/x")
+    assert reply.kind == "retry" and f"127.0.0.1:{port}" in reply.message
