@@ -97,6 +97,7 @@ def test_classify_without_an_envelope(http: int, kind: str, message: str, body: 
     ("url", "allow_insecure", "expected"),
     [
         ("https://api.dataforseo.com/", False, "https://api.dataforseo.com"),
+        ("https://api.dataforseo.com/sandboX/", False, "https://api.dataforseo.com/sandboX"),
         ("http://127.0.0.1:8080", False, "http://127.0.0.1:8080"),
         ("http://localhost:1/", False, "http://localhost:1"),
         ("http://[::1]:5", False, "http://[::1]:5"),
@@ -336,3 +337,42 @@ async def test_a_refused_connection_names_the_address() -> None:
     async with Transport(base_url=f"http://127.0.0.1:{port}", login="a", password="b") as t:
         reply = await t.get("/v3/x")
     assert reply.kind == "retry" and f"127.0.0.1:{port}" in reply.message
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://x", "--base-url must be an http(s) URL such as https://api.dataforseo.com"),
+        (
+            "https://u:p@x",
+            "--base-url must not contain credentials; use DATAFORSEO_LOGIN/PASSWORD",
+        ),
+        (
+            "http://example.com",
+            "refusing plain http to example.com: credentials would travel unencrypted; "
+            "use https, or pass --allow-insecure if you really mean it",
+        ),
+    ],
+)
+def test_base_url_errors_word_for_word(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_base_url(url)
+    assert str(info.value) == message
+
+
+async def test_a_lost_connection_says_what_happened() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(1)
+        return web.Response()
+
+    runner, url = await _serve(handler)
+    try:
+        async with Transport(base_url=url, login="a", password="b") as t:
+            reply = await t.get("/v3/x")
+        assert reply.kind == "unknown"
+        assert reply.message == "connection lost: Server disconnected"
+    finally:
+        await runner.cleanup()
