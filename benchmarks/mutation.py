@@ -260,7 +260,7 @@ def measure(
         "commit": commit,
         "dirty": dirty,
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "seconds": round(elapsed),
+        "seconds": round(elapsed) if run_mutmut else None,
         "max_children": max_children,
         "fresh": fresh,
         "complete": "not checked" not in counts,
@@ -307,8 +307,10 @@ def render() -> str:
             + (
                 f"| {r['seconds']} s ({r['max_children']} workers"
                 f"{'' if r.get('fresh') else ', reusing cached verdicts'}) |"
-                if r.get("complete", True)
+                if r.get("complete", True) and r["seconds"] is not None
                 else f"| incomplete: {r['counts']['not checked']} not checked yet |"
+                if not r.get("complete", True)
+                else "| reported from a finished run's cache (`--no-run`) |"
             )
         )
         details += [
