@@ -88,6 +88,13 @@ FAMILIES: Final[dict[str, tuple[Family, ...]]] = {
             reasoning=False,
             web=True,
         ),
+        _f(
+            "claude-3-5-sonnet-20241022",
+            "claude-3-5-sonnet-latest",
+            "claude-3-5-sonnet",
+            reasoning=False,
+            web=False,
+        ),
         _f("claude-3-haiku-20240307", "claude-3-haiku", reasoning=False, web=False, post=False),
     ),
     "gemini": (
@@ -96,7 +103,8 @@ FAMILIES: Final[dict[str, tuple[Family, ...]]] = {
         _f("gemini-2.5-flash", "gemini-flash-latest", reasoning=True, web=True),
         _f("gemini-2.5-flash-lite", "gemini-flash-lite-latest", reasoning=True, web=True),
         _f("gemini-2.0-flash", reasoning=False, web=True),
-        _f("gemini-2.0-flash-lite", reasoning=False, web=False, post=False),
+        _f("gemini-2.0-flash-lite", reasoning=False, web=False),
+        _f("gemini-1.5-pro", reasoning=False, web=True, post=False),
     ),
 }
 
