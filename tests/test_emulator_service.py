@@ -3,6 +3,7 @@ window rules and the ``Date`` header, all over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
@@ -308,3 +309,33 @@ async def test_the_date_header_is_the_services_clock(http: aiohttp.ClientSession
         )
         assert task_id[:8] == time.strftime("%m%d%H%M", time.gmtime(emu.now_unix))
         assert abs(emu.created[0].posted_at - emu.now_unix) < 2
+
+
+async def test_pingback_tasks_are_listed_until_fetched_postback_tasks_are_not(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(EmulatorConfig(completion_delay_s=0.3)) as emu:
+        base = {"user_prompt": "q", "model_name": "gpt-4o"}
+        ping, post = await created_ids(
+            http,
+            emu,
+            "chat_gpt",
+            [
+                {**base, "pingback_url": emu.base_url + "/_emulator/stats?id=$id"},
+                {**base, "postback_url": emu.base_url + "/_emulator/complete?id=$id"},
+            ],
+        )
+        for _ in range(100):
+            if len(emu.deliveries) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted((d.kind, d.ok) for d in emu.deliveries) == [
+            ("pingback", True),
+            ("postback", True),
+        ]
+        _, ready = await call(http, emu, "GET", LLM.format(se="chat_gpt") + "/tasks_ready")
+        assert [r["id"] for r in ready["tasks"][0]["result"]] == [ping]
+        assert (await get(http, emu, "chat_gpt", ping))["status_code"] == 20000
+        assert (await get(http, emu, "chat_gpt", post))["status_code"] == 20000
+        _, ready = await call(http, emu, "GET", LLM.format(se="chat_gpt") + "/tasks_ready")
+        assert ready["tasks"][0]["result"] == []

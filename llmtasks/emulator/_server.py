@@ -457,7 +457,10 @@ class Emulator:
             failed=failed,
         )
         push = task.postback_url is not None or task.pingback_url is not None
-        index = self._store.add(created, done_at, held=push and push_url(created) is not None)
+        # Documented: postback tasks are delivered instead of listed; pingback tasks are
+        # listed by tasks_ready until fetched.
+        kind = push_url(created) if push else None
+        index = self._store.add(created, done_at, held=kind is not None and kind[0] == "postback")
         if push:
             self._push.schedule(index)
 

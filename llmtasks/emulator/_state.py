@@ -128,8 +128,9 @@ class Store:
         """A push delivery failed: the task goes to tasks_ready."""
         task = self.created[index]
         self._advance(task.engine, now_mono)
-        self._held.discard(index)
-        self._ready[task.engine][task.id] = index
+        if index in self._held:  # a pingback task is listed already (or was collected)
+            self._held.discard(index)
+            self._ready[task.engine][task.id] = index
 
     def _advance(self, engine: str, now_mono: float) -> dict[str, int]:
         ready = self._ready.get(engine)
