@@ -177,12 +177,12 @@ def judge(
         if extra:
             return unknown(extra)
 
+    # Checks are written inline and in this order because they run for every task posted.
     prompt = task.user_prompt
     if prompt is None or prompt == "":
         return invalid("user_prompt", "is required")
-    bad = _text("user_prompt", prompt, TEXT_MAX)
-    if bad:
-        return bad
+    if type(prompt) is not str or len(prompt) > TEXT_MAX:
+        return _text("user_prompt", prompt, TEXT_MAX) or invalid("user_prompt", "is invalid")
     name = task.model_name
     if name is None or name == "":
         return invalid("model_name", "is required")
@@ -216,7 +216,6 @@ def judge(
             return invalid("use_reasoning", f"model '{name}' is not a reasoning model")
     # chat_gpt: the model's flag; claude/gemini: what the task asks for.
     reasoning = bool(use_reasoning) if rules.has_use_reasoning else family.reasoning
-    why = "with use_reasoning" if rules.has_use_reasoning else f"on reasoning model '{name}'"
 
     tokens = task.max_output_tokens
     if tokens is not None:
@@ -224,7 +223,7 @@ def judge(
             return invalid("max_output_tokens", "must be an integer")
         lo, hi = rules.reasoning_tokens if reasoning else rules.tokens
         if not lo <= tokens <= hi:
-            where = why if reasoning else f"for model '{name}'"
+            where = _why(rules, name) if reasoning else f"for model '{name}'"
             return invalid("max_output_tokens", f"must be {lo}..{hi} {where}")
 
     temperature = task.temperature
@@ -232,7 +231,7 @@ def judge(
         if not _is_number(temperature):
             return invalid("temperature", "must be a number")
         if reasoning and not rules.temperature_when_reasoning:
-            return invalid("temperature", f"is not supported {why}")
+            return invalid("temperature", f"is not supported {_why(rules, name)}")
         if not 0 <= temperature <= rules.temperature_max:
             return invalid("temperature", f"must be 0..{rules.temperature_max:g}")
     top_p = task.top_p
@@ -240,7 +239,7 @@ def judge(
         if not _is_number(top_p):
             return invalid("top_p", "must be a number")
         if reasoning and not rules.top_p_when_reasoning:
-            return invalid("top_p", f"is not supported {why}")
+            return invalid("top_p", f"is not supported {_why(rules, name)}")
         if not 0 <= top_p <= 1:
             return invalid("top_p", "must be 0..1")
         if (
@@ -250,23 +249,43 @@ def judge(
         ):
             return invalid("top_p", "cannot be used together with temperature")
 
-    bad = _plain_fields(task) or _chain(task.message_chain)
+    bad = _plain_fields(task)
     if bad:
         return bad
-    return _search(task, rules, family, reasoning, why) or family
+    if task.message_chain is not None:
+        bad = _chain(task.message_chain)
+        if bad:
+            return bad
+    if (
+        task.web_search is None
+        and task.force_web_search is None
+        and task.web_search_country_iso_code is None
+        and task.web_search_city is None
+    ):
+        return family
+    return _search(task, rules, family, reasoning, _why(rules, name)) or family
+
+
+def _why(rules: EngineRules, name: str) -> str:
+    return "with use_reasoning" if rules.has_use_reasoning else f"on reasoning model '{name}'"
 
 
 def _plain_fields(task: WireTask) -> Refusal | None:
-    for field, limit in (("system_message", TEXT_MAX), ("tag", TAG_MAX)):
-        value = getattr(task, field)
-        if value is not None:
-            bad = _text(field, value, limit)
-            if bad:
-                return bad
-    for field in ("postback_url", "pingback_url"):
-        value = getattr(task, field)
-        if value is not None and type(value) is not str:
-            return invalid(field, "must be a string")
+    """system_message, tag and the push URLs: types and lengths, no rules between fields."""
+    system, tag, postback, pingback = (
+        task.system_message,
+        task.tag,
+        task.postback_url,
+        task.pingback_url,
+    )
+    if system is not None and (type(system) is not str or len(system) > TEXT_MAX):
+        return _text("system_message", system, TEXT_MAX)
+    if tag is not None and (type(tag) is not str or len(tag) > TAG_MAX):
+        return _text("tag", tag, TAG_MAX)
+    if postback is not None and type(postback) is not str:
+        return invalid("postback_url", "must be a string")
+    if pingback is not None and type(pingback) is not str:
+        return invalid("pingback_url", "must be a string")
     return None
 
 
