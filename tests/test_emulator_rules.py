@@ -159,3 +159,22 @@ def test_the_emulator_imports_none_of_the_clients_validation() -> None:
     assert imported  # the walk saw the package
     bad = sorted(m for m in imported if m.startswith(FORBIDDEN) or m in ("llmtasks", "llmtasks.*"))
     assert bad == []
+
+
+async def test_nesting_too_deep_is_invalid_post_data(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path, body in (
+        (
+            "/v3/ai_optimization/chat_gpt/llm_responses/task_post",
+            b'[{"user_prompt": "x", "model_name": "gpt-4o", "temperature": ' + deep + b"}]",
+        ),
+        ("/v3/ai_optimization/id_list", b'[{"datetime_from": ' + deep + b"}]"),
+    ):
+        async with http.post(emu.base_url + path, data=body) as resp:
+            assert resp.status == 200
+            reply = orjson.loads(await resp.read())
+        assert reply["status_code"] == 40503 and reply["tasks"] is None
+    [task] = await post(http, emu, "chat_gpt", [OK_TASK["chat_gpt"]])
+    assert task["status_code"] == 20100 and len(emu.created) == 1

@@ -52,6 +52,9 @@ _WIRE_LIST: Final = msgspec.json.Decoder(list[WireTask])
 _ANY_LIST: Final = msgspec.json.Decoder(list[Any])
 _ANY: Final = msgspec.json.Decoder()
 _ENCODE: Final = w.encoder.encode
+# A body that cannot be read as JSON of the expected shape; nesting too deep for the decoder
+# is hostile input like any other, answered 40503 rather than a 500.
+_UNREADABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 READY_LIMIT: Final = 1000
 DOCUMENTED_PER_MINUTE: Final = 2000  # what user_data reports for a function without a limit
 UNLIMITED_FUNDS_USD: Final = 1_000_000.0  # what user_data reports when funds are unlimited
@@ -361,11 +364,11 @@ class Emulator:
         entries: list[WireTask | tuple[int, str, bytes]]
         try:
             entries = list(_WIRE_LIST.decode(body))
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except _UNREADABLE:
             # Not all plain task objects: judge element by element.
             try:
                 items = _ANY_LIST.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except _UNREADABLE:
                 return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
             entries = [self._decode_one(item, i, se) for i, item in enumerate(items)]
         if not entries:
@@ -577,7 +580,7 @@ class Emulator:
     def _id_list(self, request: web.Request, body: bytes, now: float, started: float) -> Reply:
         try:
             items = _ANY_LIST.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except _UNREADABLE:
             return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
         if not items:
             return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
