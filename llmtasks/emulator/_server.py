@@ -4,9 +4,9 @@ Every API call goes through ``_serve``: auth (and the spurious-401 fault), the i
 the sliding-window rate limits, the 500 fault, then the endpoint's synchronous handler, then
 the latency and drop faults. Handlers never await, so state changes are atomic.
 Tasks are judged by ``_rules`` and id_list queries by ``_idlist``: the emulator's own reading
-of the docs, never the client's validation. Postbacks/pingbacks: ``_create`` hands tasks that ask for one to the ``PushSender``
-(``_postback``), which delivers them at completion time and releases failed ones to
-tasks_ready.
+of the docs, never the client's validation. Postbacks/pingbacks: ``_create`` hands tasks
+that ask for one to the ``PushSender`` (``_postback``), which delivers them at completion
+time and releases failed ones to tasks_ready.
 """
 
 from __future__ import annotations
