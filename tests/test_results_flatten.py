@@ -212,6 +212,9 @@ def test_nulls_everywhere_and_unknown_items_are_read() -> None:
         ("HTTPS://WWW.Example.COM./a", "example.com"),
         ("https://user:pw@forum.example.com:8443/x", "example.com"),
         ("www.theguardian.com/uk", "theguardian.com"),
+        ("https://news.example.com?q=1", "example.com"),
+        ("https://news.example.com#top", "example.com"),
+        ("https://news.example.com:/", "example.com"),
         ("https://foo.github.io/page", "github.io"),  # ICANN section: github.io is registered
         ("https://xn--80ak6aa92e.com/", "xn--80ak6aa92e.com"),
         ("https://a.b.пример.рф/", "пример.рф"),
