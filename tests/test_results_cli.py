@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,8 +200,6 @@ def test_results_export_without_pyarrow_says_how_to_install_it(run: Run) -> None
 
 def _without(module: str, *args: str) -> Any:
     """The CLI in a Python where ``module`` cannot be imported (an extra not installed)."""
-    import subprocess
-
     code = (
         f"import sys; sys.modules[{module!r}] = None; from llmtasks._cli import main; "
         "sys.exit(main(sys.argv[1:]))"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +240,9 @@ def test_direct_url_wins_over_url() -> None:
 # -- export tables from a ledger ------------------------------------------------------------
 
 
-def _ledger_with_results(tmp_path: Path, results: list[Any | None]) -> tuple[Path, Path]:
+def _ledger_with_results(
+    tmp_path: Path, results: list[Any | None], *, engine: str = "gemini"
+) -> tuple[Path, Path]:
     """An input file and a ledger in which line i was created and collected with
     ``results[i]`` (None: the task failed on the service)."""
     src = tmp_path / "in.jsonl"
@@ -247,7 +252,7 @@ def _ledger_with_results(tmp_path: Path, results: list[Any | None]) -> tuple[Pat
     ]
     src.write_bytes(b"".join(r + b"\n" for r in raw_lines))
     path = tmp_path / "in.jsonl.ledger.sqlite"
-    ledger = Ledger.open(path, input_name=str(src), engine="gemini")
+    ledger = Ledger.open(path, input_name=str(src), engine=engine)
     ledger.add_lines(
         [
             NewLine(i + 1, record_digest(raw), "pending", f"t{i + 1}", b"")
@@ -396,3 +401,38 @@ def test_the_prompt_columns_come_only_from_the_input_the_run_read(tmp_path: Path
     )
     rows = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
     assert warnings == [] and [r["prompt"] for r in rows] == ["question 0?", "question 1?"]
+
+
+def test_the_compare_engines_guide_code_runs_on_the_exports(tmp_path: Path) -> None:
+    """docs/compare-engines.md's pandas and DuckDB examples, run as written over exports."""
+    for module in ("pandas", "duckdb", "pyarrow"):
+        pytest.importorskip(module)
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "compare-engines.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    assert len(blocks) == 2
+    where = tmp_path / "exports"
+    where.mkdir()
+    answers = {"chat_gpt": [CHAT_GPT_RESULT], "claude": [NO_SEARCH_RESULT, CHAT_GPT_RESULT],
+               "gemini": [GEMINI_RESULT, NO_SEARCH_RESULT]}  # fmt: skip
+    for engine, results in answers.items():
+        run = tmp_path / engine
+        run.mkdir()
+        _src, path = _ledger_with_results(run, results, engine=engine)
+        for table in ("results", "citations"):
+            _export(path, table, "parquet", where / f"{engine}.{table}.parquet")
+    outputs = []
+    for code in blocks:
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=where, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Warning" not in result.stderr, result.stderr
+        outputs.append(result.stdout)
+    pandas_out, duckdb_out = outputs
+    # Citations by domain and engine: the chat_gpt-shaped answer (given once by chat_gpt and
+    # once by claude) cites bbc.co.uk twice; gemini's cites wikipedia.org and reuters.com.
+    assert re.search(r"bbc\.co\.uk\s+2\s+2\s+0\s+4", pandas_out), pandas_out
+    assert re.search(r"wikipedia\.org\s+0\s+0\s+1\s+1", pandas_out), pandas_out
+    # Share of answers citing a domain: claude cites bbc.co.uk in one answer of two.
+    assert re.search(r"bbc\.co\.uk\s+1\.0\s+0\.5", pandas_out), pandas_out
+    assert re.search(r"bbc\.co\.uk\s+│\s+2\s+│\s+2\s+│\s+0\s+│\s+4", duckdb_out), duckdb_out
