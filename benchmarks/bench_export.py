@@ -133,6 +133,15 @@ def build(work: Path, n: int) -> tuple[Path, Path]:
     return src, path
 
 
+def written(out: Path, fmt: str) -> int:
+    """Rows in an export (the synthetic texts have no line breaks: one row, one line)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(out).metadata.num_rows)
+    return c.count_lines(out) - (fmt == "csv")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -159,6 +168,8 @@ def main() -> int:
                     if r["exit"] != 0:
                         raise SystemExit(f"export failed ({r['exit']}):\n{r['stderr']}")
                     rows = n if what == "results" else 3 * n
+                    if written(out, fmt) != rows:
+                        raise SystemExit(f"{out}: {written(out, fmt)} rows, not {rows}")
                     runs.append(
                         {
                             "table": what,
@@ -176,7 +187,7 @@ def main() -> int:
                     out.unlink()
             ledger.unlink()
     path = c.save("export", {"runs": runs}, quick=q)
-    print(json.dumps({"saved": str(path), "runs": len(runs)}))
+    print(json.dumps({"saved": str(path), "runs": runs}))
     return 0
 
 

@@ -18,7 +18,17 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("submit", "reconcile", "collect", "models", "receive", "status", "export", "emulate")
+COMMANDS = (
+    "submit",
+    "reconcile",
+    "collect",
+    "models",
+    "receive",
+    "status",
+    "export",
+    "report",
+    "emulate",
+)
 
 
 def _help(*args: str) -> str:
