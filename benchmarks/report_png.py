@@ -70,7 +70,7 @@ def main() -> int:
         src = work / "prompts.jsonl"
         write_prompts(src, args.lines)
         ledger = work / "prompts.jsonl.ledger.sqlite"
-        with c.EmulatorProcess("--completion-delay", "20") as emu:
+        with c.EmulatorProcess("--completion-delay", "20", record=True) as emu:
             steps = [
                 ["submit", str(src), "--base-url", emu.url, "--model", "gpt-4.1-mini",
                  "--rate", "60", "--period", "60", "--batch-size", "10", "--no-preflight", "-q"],
@@ -85,7 +85,7 @@ def main() -> int:
                     raise SystemExit(f"{step[0]} failed ({r['exit']}):\n{r['stderr']}")
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run(
-                [chromium, *FLAGS, f"--user-data-dir={profile}", "--window-size=1100,2900",
+                [chromium, *FLAGS, f"--user-data-dir={profile}", "--window-size=1100,2350",
                  f"--screenshot={args.out.resolve()}", (work / "report.html").resolve().as_uri()],
                 check=True, capture_output=True, timeout=120,
             )  # fmt: skip
