@@ -271,9 +271,11 @@ def _chart_domains(charts: _Charts, facts: RunFacts) -> str:
         fig = charts.figure(height=1.2)
         _empty(fig.add_subplot(), "no citations in the collected answers")
         return charts.svg(fig)
-    fig = charts.figure(width=4.0 * len(names), height=0.8 + 0.28 * TOP_DOMAINS)
+    tops = {e: facts.engines[e].domains.most_common(TOP_DOMAINS) for e in names}
+    rows = max(len(top) for top in tops.values())
+    fig = charts.figure(width=max(6.0, 4.0 * len(names)), height=1.0 + 0.3 * rows)
     for ax, engine in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
-        top = facts.engines[engine].domains.most_common(TOP_DOMAINS)
+        top = tops[engine]
         ax.barh([d for d, _ in top], [n for _, n in top], color="#ef6c00")
         ax.invert_yaxis()
         ax.set_title(engine, fontsize=10)
