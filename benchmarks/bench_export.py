@@ -9,7 +9,7 @@ CSV, JSONL and Parquet, and reads each process's peak RSS (VmHWM). Flat means: t
 peak at every size.
 
     python benchmarks/bench_export.py [--quick] [--sizes 100000 1000000]
-                                      [--formats csv jsonl parquet]
+                                      [--formats csv jsonl parquet] [--name export]
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--sizes", type=int, nargs="+", help="collected tasks per ledger")
     parser.add_argument("--formats", nargs="+", choices=("csv", "jsonl", "parquet"))
+    parser.add_argument("--name", default="export", help="results/NAME.json (default export)")
     args = parser.parse_args()
     q = args.quick
     sizes = args.sizes or ([2_000, 20_000] if q else [100_000, 1_000_000])
@@ -186,7 +187,7 @@ def main() -> int:
                     print(json.dumps(runs[-1]), file=sys.stderr)
                     out.unlink()
             ledger.unlink()
-    path = c.save("export", {"runs": runs}, quick=q)
+    path = c.save(args.name, {"runs": runs}, quick=q)
     print(json.dumps({"saved": str(path), "runs": runs}))
     return 0
 

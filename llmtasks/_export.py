@@ -31,7 +31,7 @@ from llmtasks._ledger import CollectedRow, Ledger
 from llmtasks._llm_result import decode_result
 from llmtasks._outputs import _atomic
 
-Kind = Literal["int", "float", "str", "bool", "strlist", "datetime_text", "unix"]
+Kind = Literal["int", "float", "str", "text", "bool", "strlist", "datetime_text", "unix"]
 TableFormat = Literal["csv", "jsonl", "parquet"]
 TABLE_FORMATS: Final[tuple[TableFormat, ...]] = ("csv", "jsonl", "parquet")
 PARQUET_HINT: Final = "pip install 'llmtasks[parquet]'"
@@ -45,16 +45,16 @@ class Column(NamedTuple):
 RESULT_COLUMNS: Final[tuple[Column, ...]] = (
     Column("line", "int"),
     Column("engine", "str"),
-    Column("tag", "str"),
-    Column("task_id", "str"),
+    Column("tag", "text"),
+    Column("task_id", "text"),
     Column("status_code", "int"),
     Column("status_message", "str"),
-    Column("prompt", "str"),
-    Column("system_message", "str"),
+    Column("prompt", "text"),
+    Column("system_message", "text"),
     Column("web_search_requested", "bool"),
     Column("model_name", "str"),
-    Column("answer_text", "str"),
-    Column("reasoning_text", "str"),
+    Column("answer_text", "text"),
+    Column("reasoning_text", "text"),
     Column("input_tokens", "int"),
     Column("output_tokens", "int"),
     Column("reasoning_tokens", "int"),
@@ -72,22 +72,22 @@ RESULT_COLUMNS: Final[tuple[Column, ...]] = (
 CITATION_COLUMNS: Final[tuple[Column, ...]] = (
     Column("line", "int"),
     Column("engine", "str"),
-    Column("task_id", "str"),
+    Column("task_id", "text"),
     Column("model_name", "str"),
     Column("position", "int"),
-    Column("title", "str"),
-    Column("url", "str"),
-    Column("direct_url", "str"),
+    Column("title", "text"),
+    Column("url", "text"),
+    Column("direct_url", "text"),
     Column("domain", "str"),
     Column("start_index", "int"),
     Column("end_index", "int"),
-    Column("cited_text", "str"),
+    Column("cited_text", "text"),
 )
 
 Warn = Callable[[str], None]
 # Parquet row groups: big enough to compress well, small enough to keep memory flat.
-_RESULTS_PER_GROUP: Final = 2000
-_CITATIONS_PER_GROUP: Final = 20000
+_RESULTS_PER_GROUP: Final = 5000
+_CITATIONS_PER_GROUP: Final = 50000
 _MAX_WARNINGS: Final = 20
 
 
@@ -395,6 +395,7 @@ def _arrow_type(pa: Any, kind: Kind) -> Any:
         "int": pa.int64(),
         "float": pa.float64(),
         "str": pa.string(),
+        "text": pa.string(),
         "bool": pa.bool_(),
         "strlist": pa.list_(pa.string()),
         "datetime_text": pa.timestamp("us", tz="UTC"),
@@ -426,7 +427,11 @@ def _write_parquet(
     unix = [i for i, c in enumerate(columns) if c.kind == "unix"]
     unparsed = 0
     n = 0
-    with pq.ParquetWriter(raw, schema, compression="zstd") as writer:
+    # The writer keeps every row group's metadata until it closes: min/max statistics of
+    # long texts (answers, prompts, urls) would make that grow with the file, so only
+    # short columns get statistics.
+    stats = [c.name for c in columns if c.kind not in ("text", "strlist")]
+    with pq.ParquetWriter(raw, schema, compression="zstd", write_statistics=stats) as writer:
         group: list[list[Any]] = [[] for _ in columns]
 
         def flush() -> None:
