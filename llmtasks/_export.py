@@ -86,8 +86,8 @@ CITATION_COLUMNS: Final[tuple[Column, ...]] = (
 
 Warn = Callable[[str], None]
 # Parquet row groups: big enough to compress well, small enough to keep memory flat.
-_RESULTS_PER_GROUP: Final = 5000
-_CITATIONS_PER_GROUP: Final = 50000
+_RESULTS_PER_GROUP: Final = 2000
+_CITATIONS_PER_GROUP: Final = 20000
 _MAX_WARNINGS: Final = 20
 
 
