@@ -126,16 +126,6 @@ def test_results_in_csv_and_parquet_hold_the_same_rows(run: Run) -> None:
     assert str(t.schema.field("collected_at").type) == "timestamp[us, tz=UTC]"
 
 
-class EmulatorGivesNoCitations(AssertionError):
-    """The emulator answered web-searched tasks without annotations."""
-
-
-@pytest.mark.xfail(
-    raises=EmulatorGivesNoCitations,
-    strict=True,
-    reason="INTEGRATOR: the emulator on this branch returns no annotations; the branch that "
-    "makes it return the documented task_get shape makes this pass: then remove this mark",
-)
 def test_citations_rows_for_searched_answers(run: Run) -> None:
     searched = {
         r["task_id"]: r
@@ -153,8 +143,7 @@ def test_citations_rows_for_searched_answers(run: Run) -> None:
             for s in item.get("sections") or ()
         )
     ]
-    if not annotated:
-        raise EmulatorGivesNoCitations(f"{len(searched)} searched answers, none with citations")
+    assert annotated, f"{len(searched)} searched answers, none with citations"
     for engine, ledger in run.ledgers.items():
         text = _export(ledger, "--citations", "--format", "csv")
         table = list(csv.DictReader(io.StringIO(text)))
