@@ -22,7 +22,17 @@ from tests.conftest import LOGIN, PASSWORD, RedisServer, require
 ROOT = Path(__file__).resolve().parent.parent
 # The Redis the docs' examples name; the test puts its own loopback redis-server in its place.
 DOC_REDIS = "redis://127.0.0.1:6379"
-COMMANDS = ("submit", "reconcile", "collect", "models", "receive", "status", "export", "emulate")
+COMMANDS = (
+    "submit",
+    "reconcile",
+    "collect",
+    "models",
+    "receive",
+    "status",
+    "export",
+    "report",
+    "emulate",
+)
 
 
 def _help(*args: str) -> str:
