@@ -22,6 +22,8 @@ def test_models_json_is_the_endpoint_list(emulator: Any, engine: str) -> None:
     assert models == [
         {
             "model_name": m.model_name,
+            # The emulator's catalogue gains its reasoning flags in issue 12's other half.
+            "reasoning": getattr(m, "reasoning", False),
             "web_search_supported": m.web_search_supported,
             "task_post_supported": m.task_post_supported,
         }
@@ -36,8 +38,8 @@ def test_models_table(emulator: Any) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "claude: 5 models"
-    assert lines[1].split() == ["model_name", "web_search", "task_post"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert lines[1].split() == ["model_name", "reasoning", "web_search", "task_post"]
+    rows = {line.split()[0]: line.split()[2:] for line in lines[2:]}
     assert rows["claude-sonnet-4-20250514"] == ["yes", "yes"]
     assert rows["claude-3-haiku-20240307"] == ["no", "no"]
     default = run_cli("models", "--base-url", emu.url)
