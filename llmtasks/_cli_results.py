@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from llmtasks._cli import (
+    DOCUMENTED_PER_MINUTE,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -20,6 +21,8 @@ from llmtasks._cli import (
     _positive_float,
     _positive_int,
     add_limits,
+    choose_rate,
+    read_account_or_none,
 )
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._task import ENGINES
@@ -31,6 +34,9 @@ examples:
   llmtasks collect --ledger run.sqlite --out answers.jsonl --direct   ask for each task by id
 
 each output line: {"line", "tag", "task_id", "status_code", "status_message", "result"}.
+the rate: without --rate, the account's own task_get limit as user_data reports it
+(rates.limits.minute.ai_optimization.llm_responses.task_get, else minute.total); 2000 per 60 s
+when the account cannot be read; a --rate above the account's limit is warned about.
 re-running continues: results already written are not fetched or written again.
 polling: tasks_ready at most 20 times a minute; with --wait, after a poll that found nothing,
 wait --poll-interval seconds, doubling up to --max-poll-interval (defaults 5 and 120).
@@ -53,11 +59,11 @@ def register(sub: Any) -> None:
     _add_receive(sub)
 
 
-def _limits(args: argparse.Namespace) -> dict[str, Any]:
+def _limits(args: argparse.Namespace, rate: int | None = None) -> dict[str, Any]:
     if args.concurrency is not None and args.concurrency > 30:
         raise ConfigError("--concurrency must be at most 30 (the service allows 30 per account)")
     return {
-        "rate": args.rate,
+        "rate": rate or args.rate or DOCUMENTED_PER_MINUTE,
         "period_s": args.period,
         "margin_s": args.margin,
         "concurrency": args.concurrency,
@@ -92,7 +98,7 @@ def _add_collect(sub: Any) -> None:
     )
     p.add_argument("--engine", choices=ENGINES, help="must match the ledger (default: its engine)")
     _add_service(p)
-    add_limits(p, calls="task_get calls", retried="a failed call")
+    add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
     p.add_argument(
         "--tasks-ready-rate",
         type=_positive_int,
@@ -153,6 +159,9 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
     from llmtasks._collect import Collector
 
     out = args.out or _default_out(args.ledger)
+    # task_get's own limit from user_data (the account check also catches bad credentials).
+    account = await read_account_or_none(args, args.base_url, login, password)
+    rate, rate_source = choose_rate(args, account, "task_get", warn=True)
     collector = Collector(
         login=login,
         password=password,
@@ -163,8 +172,12 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
         tasks_ready_rate=args.tasks_ready_rate,
         poll_interval_s=args.poll_interval,
         max_poll_interval_s=args.max_poll_interval,
-        **_limits(args),
+        **_limits(args, rate),
     )
+    if args.verbose:
+        print(
+            f"llmtasks: task_get at {rate} per {args.period:g} s ({rate_source})", file=sys.stderr
+        )
     loop = asyncio.get_running_loop()
     interrupted = False
 
@@ -304,7 +317,7 @@ def _add_receive(sub: Any) -> None:
         help="exit once submit is done with the ledger and every created task is collected",
     )
     _add_service(p)
-    add_limits(p, calls="task_get calls", retried="a failed call")
+    add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
     _add_common(p)
     p.set_defaults(handler=cmd_receive)
 
