@@ -238,7 +238,9 @@ def _add_reconcile(sub: Any) -> None:
         help="look up unknown lines on the service: created, or pending again",
         description="For every line left 'unknown' (sent, no reply), look for its task on the "
         "service with id_list (by tag and prompt, over the time window of its POST). Found: "
-        "'created' with its real task id. Not found: 'pending', so the next submit sends it.",
+        "'created' with its real task id. Not found: 'pending', so the next submit sends it. "
+        "Windows end at the service's own clock (the Date of its reply) and reach back one "
+        "month at most (id_list's metadata); a line outside that stays 'unknown'.",
         epilog="example:\n  llmtasks reconcile --ledger prompts.jsonl.ledger.sqlite\n"
         "  llmtasks submit prompts.jsonl          # then sends what is pending again",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -292,11 +294,18 @@ async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password
             "(sent again earlier): each was charged",
             file=sys.stderr,
         )
+    if report.unsearchable:
+        print(
+            f"llmtasks: {report.unsearchable} unknown line(s) could not be looked up: their "
+            "window is outside what id_list can search (the month it keeps tags for, up to the "
+            "service's now); they stay unknown, the reason is in each receipt",
+            file=sys.stderr,
+        )
     if report.not_found:
         print(
             "llmtasks: run the same submit command again to send the pending lines", file=sys.stderr
         )
-    return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
+    return EXIT_OK if report.too_recent == 0 and report.unsearchable == 0 else EXIT_INCOMPLETE
 
 
 def _add_status(sub: Any) -> None:
