@@ -158,7 +158,7 @@ async def load_models(
 
     ``transport`` None means offline: the built-in table. ``slot`` is the throttle's, so the
     call counts against the account's rate like any other. ``cache_dir`` None: no cache.
-    Raises only ``AuthError`` (wrong credentials stop a run anyway)."""
+    Never raises for the service: any failure gives the built-in table, ``note`` says why."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if transport is None:
@@ -174,9 +174,9 @@ async def load_models(
         else:
             async with slot():
                 models = await fetch_models(transport, engine)
-    except AuthError:
-        raise
     except LlmtasksError as exc:
+        # Even a refused login: the list only sharpens the checks, and the first POST
+        # speaks for the credentials (the service's 401s also come and go under load).
         return ModelList(engine, builtin_models(engine), "built-in", str(exc))
     if path is not None:
         _write_cache(path, transport.base_url, engine, models)

@@ -341,6 +341,8 @@ class Submitter:
         except AccountUnavailable as exc:
             log.warning("%s; going on without the account check", exc)
             return None
+        # The credentials worked: a 401 from now on is the service's passing glitch.
+        self._successes += 1
         self.apply_account(info)
         balance = info.balance_usd
         if tasks_hint is not None and balance is not None:
@@ -392,6 +394,8 @@ class Submitter:
                 slot=self.throttle.slot,
             )
             self.rules = TaskRules(self.engine, self.models)
+            if self.models.source == "service":
+                self._successes += 1  # as for user_data: the credentials work
             if self.models.source == "built-in":
                 log.warning(
                     "the %s models list could not be read (%s): checking models against the "

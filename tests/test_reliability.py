@@ -219,7 +219,8 @@ def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: in
         str(ledger),
         stdout=subprocess.PIPE,
     )
-    time.sleep(1.5)
+    # Before the first POST: user_data and the models list, 300 ms each.
+    time.sleep(2.5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
