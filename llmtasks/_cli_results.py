@@ -22,6 +22,7 @@ from llmtasks._cli import (
     _positive_int,
     add_limits,
     choose_rate,
+    log,
     read_account_or_none,
 )
 from llmtasks._errors import ConfigError, LlmtasksError
@@ -159,9 +160,6 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
     from llmtasks._collect import Collector
 
     out = args.out or _default_out(args.ledger)
-    # task_get's own limit from user_data (the account check also catches bad credentials).
-    account = await read_account_or_none(args, args.base_url, login, password)
-    rate, rate_source = choose_rate(args, account, "task_get", warn=True)
     collector = Collector(
         login=login,
         password=password,
@@ -172,12 +170,8 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
         tasks_ready_rate=args.tasks_ready_rate,
         poll_interval_s=args.poll_interval,
         max_poll_interval_s=args.max_poll_interval,
-        **_limits(args, rate),
+        **_limits(args),
     )
-    if args.verbose:
-        print(
-            f"llmtasks: task_get at {rate} per {args.period:g} s ({rate_source})", file=sys.stderr
-        )
     loop = asyncio.get_running_loop()
     interrupted = False
 
@@ -194,6 +188,12 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
     async with collector:
         ledger = collector.ledger
         assert ledger is not None
+        if ledger.uncollected_count() or ledger.fetching():
+            # task_get's own limit from user_data; nothing to fetch, no call at all.
+            account = await read_account_or_none(args, args.base_url, login, password)
+            rate, rate_source = choose_rate(args, account, "task_get", warn=True)
+            collector.use_rate(rate, args.period)
+            log.info("task_get at %d per %g s (%s)", rate, args.period, rate_source)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
 
@@ -225,7 +225,8 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
             if counts["failed"]:
                 print(
                     f"llmtasks: {counts['failed']} task(s) failed on the service side (their "
-                    "lines have a status_code other than 20000 and no result)",
+                    "lines have a status_code other than 20000 and no result; 40401 not found "
+                    "and 40403 expired are final; any other failed task is refunded)",
                     file=sys.stderr,
                 )
             not_created = sum(
