@@ -138,8 +138,8 @@ def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
     ok = task.status_code == 20000
     if ok:
         note = None
-    elif task.status_code == 40401:
-        note = "task_get: not found on the service (40401)"
+    elif task.status_code in (40400, 40401):
+        note = f"task_get: not found on the service ({task.status_code})"
     elif task.status_code == 40403:
         note = "task_get: the result expired (40403: results are kept 30 days)"
     else:

@@ -42,7 +42,9 @@ Source = Literal["service", "cache", "built-in"]
 
 class ModelInfo(msgspec.Struct, frozen=True):
     model_name: str
-    reasoning: bool = False
+    #: None when the list does not say (an older answer): the reasoning rules then stay
+    #: unenforced for the model rather than guessed.
+    reasoning: bool | None = None
     web_search_supported: bool = False
     task_post_supported: bool = False
 
@@ -246,7 +248,7 @@ def format_table(models: list[ModelInfo], engine: str) -> str:
     rows = [
         (
             m.model_name,
-            "yes" if m.reasoning else "no",
+            "?" if m.reasoning is None else "yes" if m.reasoning else "no",
             "yes" if m.web_search_supported else "no",
             "yes" if m.task_post_supported else "no",
         )

@@ -107,7 +107,7 @@ class TaskRules:
         if not name:
             raise TaskRuleError("model_name", "is required")
         info = self.model(name, line)
-        # None: the model is not listed, so whether it reasons is not known.
+        # None: the model is not listed (or its entry does not say): not known.
         reasoning = None if info is None else info.reasoning
         if task.web_search and info is not None and not info.web_search_supported:
             raise TaskRuleError(
@@ -123,7 +123,7 @@ class TaskRules:
                 )
             uses_reasoning = reasoning is True
         else:
-            if task.use_reasoning and info is not None and not info.reasoning:
+            if task.use_reasoning and info is not None and info.reasoning is False:
                 raise TaskRuleError(
                     "use_reasoning",
                     f"model {name!r} does not reason on {engine} (its models entry has "

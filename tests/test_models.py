@@ -23,7 +23,7 @@ def test_models_json_is_the_endpoint_list(emulator: Any, engine: str) -> None:
         {
             "model_name": m.model_name,
             # The emulator's catalogue gains its reasoning flags in issue 12's other half.
-            "reasoning": getattr(m, "reasoning", False),
+            "reasoning": getattr(m, "reasoning", None),
             "web_search_supported": m.web_search_supported,
             "task_post_supported": m.task_post_supported,
         }

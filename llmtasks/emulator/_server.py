@@ -641,7 +641,22 @@ class Emulator:
         result = {
             "login": cfg.login,
             "timezone": "UTC",
-            "rates": {"limits": {"minute": {"ai_optimization": per_minute}}},
+            # The documented 2026 shape, per API and function (stopgap until the emulator's
+            # rewrite: every function reports the one configured limit).
+            "rates": {
+                "limits": {
+                    "minute": {
+                        "total": per_minute,
+                        "total_ai_optimization": per_minute,
+                        "ai_optimization": {
+                            "llm_responses": {
+                                f: per_minute
+                                for f in ("live", "task_post", "tasks_ready", "task_get", "models")
+                            }
+                        },
+                    }
+                }
+            },
             "money": {
                 "total": UNLIMITED_FUNDS_USD if funds is None else round(funds, 6),
                 "balance": UNLIMITED_FUNDS_USD if balance is None else balance,
