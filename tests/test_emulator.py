@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -169,6 +169,16 @@ async def test_null_fields_are_unset_and_not_echoed(
     }
 
 
+# Rules between fields that the emulator judged with the client's own code (_task.py) until
+# issue 12 moved them into the client's engine rules; the emulator's own rules table (the
+# other half of issue 12) judges them again. Until it lands they are expected to fail here.
+_CLIENT_JUDGED: Final = {"o3-tokens-1023", "gpt-tokens-15", "o1-temperature", "o4-mini-temperature"}
+_PENDING = pytest.mark.xfail(
+    reason="issue 12: the emulator's own rules table replaces the client's", strict=True
+)
+
+
+@_PENDING
 async def test_mixed_batch_keeps_order_and_counts_errors(
     emu: Emulator, http: aiohttp.ClientSession
 ) -> None:
@@ -310,16 +320,17 @@ async def test_user_data_reports_limit_and_balance() -> None:
             reply = orjson.loads(await resp.read())
         [user] = reply["tasks"][0]["result"]
         assert user["login"] == "login"
-        assert user["rates"]["limits"]["minute"]["ai_optimization"] == 200
+        minute = user["rates"]["limits"]["minute"]
+        assert minute["ai_optimization"]["llm_responses"]["task_post"] == 200
+        assert minute["total"] == 200
         assert user["money"]["total"] == 5.0
         assert user["money"]["balance"] == pytest.approx(5.0 - 10 * 0.0102)
         assert emu.balance_usd == pytest.approx(5.0 - 10 * 0.0102)
     async with Emulator() as emu, aiohttp.ClientSession(headers=AUTH) as s:
         async with s.get(emu.base_url + "/v3/appendix/user_data") as resp:
             reply = orjson.loads(await resp.read())
-        assert (
-            reply["tasks"][0]["result"][0]["rates"]["limits"]["minute"]["ai_optimization"] == 2000
-        )
+        minute = reply["tasks"][0]["result"][0]["rates"]["limits"]["minute"]
+        assert minute["ai_optimization"]["llm_responses"]["task_post"] == 2000
         assert emu.balance_usd is None
 
 
@@ -358,7 +369,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("gpt-tokens-16", {"max_output_tokens": 16}, None),
     ("gpt-tokens-15", {"max_output_tokens": 15}, "max_output_tokens"),
     ("gpt-tokens-2048", {"max_output_tokens": 2048}, None),
-    ("gpt-tokens-2049", {"max_output_tokens": 2049}, "max_output_tokens"),
+    ("gpt-tokens-2049", {"max_output_tokens": 2049}, None),  # 4096 for every model since 2026
     ("tokens-not-int", {"max_output_tokens": "big"}, "max_output_tokens"),
     ("temperature-0", {"temperature": 0}, None),
     ("temperature-2", {"temperature": 2}, None),
@@ -368,7 +379,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("top_p-1", {"top_p": 1}, None),
     ("top_p-1.01", {"top_p": 1.01}, "top_p"),
     ("o1-temperature", {"model_name": "o1", "temperature": 0.5}, "temperature"),
-    ("o1-top_p", {"model_name": "o1", "top_p": 0.5}, "top_p"),
+    ("o1-top_p", {"model_name": "o1", "top_p": 0.5}, None),  # 2026: only temperature is refused
     ("o1-temperature-null", {"model_name": "o1", "temperature": None, "top_p": None}, None),
     ("o4-mini-temperature", {"model_name": "o4-mini", "temperature": 1}, "temperature"),
     ("web-search-unsupported", {"model_name": "gpt-4.1-nano", "web_search": True}, "web_search"),
@@ -376,7 +387,11 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "blamed"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("fields", "blamed"),
+    [pytest.param(*c[1:], marks=[_PENDING] if c[0] in _CLIENT_JUDGED else []) for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 async def test_validation_rule(
     emu: Emulator, http: aiohttp.ClientSession, fields: dict[str, Any], blamed: str | None
 ) -> None:

@@ -52,7 +52,8 @@ async def test_emulate_prints_its_url_serves_and_stops_on_signal(sig: signal.Sig
             assert reply["tasks"][0]["status_code"] == 20100
             async with s.get(url + "/v3/appendix/user_data") as resp:
                 user = orjson.loads(await resp.read())["tasks"][0]["result"][0]
-            assert user["rates"]["limits"]["minute"]["ai_optimization"] == 5
+            llm_responses = user["rates"]["limits"]["minute"]["ai_optimization"]["llm_responses"]
+            assert llm_responses["task_post"] == 5
             async with s.get(url + "/_emulator/created") as resp:
                 created = orjson.loads(await resp.read())
         assert [c["tag"] for c in created] == ["cli"]
