@@ -29,6 +29,7 @@ from llmtasks._errors import AuthError, ConfigError, LlmtasksError, ServiceError
 from llmtasks._models_builtin import BUILTIN
 from llmtasks._task import ENGINES
 from llmtasks._transport import Transport
+from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
 
@@ -255,7 +256,7 @@ def format_table(models: list[ModelInfo], engine: str) -> str:
         for m in models
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"{engine}: {len(models)} models"]
+    lines = [f"{engine}: {count(len(models), 'model')}"]
     for r in [header, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
