@@ -487,6 +487,11 @@ def _dry_run(args: argparse.Namespace) -> int:
             counts["valid"] += 1
     calls = -(-counts["valid"] // args.batch_size)
     print(dry_run_summary(args, counts, calls), file=sys.stderr)
+    print(
+        f"llmtasks: models checked against the built-in {args.engine} table (offline: a dry "
+        "run makes no call)",
+        file=sys.stderr,
+    )
     return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
 
 
@@ -501,9 +506,7 @@ def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int
         f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank; "
         f"{count(calls, 'call')} (at least {minutes:.1f} min at {rate:,} per "
         f"{args.period:g} s{whose}); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} "
-        "per task; nothing sent\n"
-        f"llmtasks: models checked against the built-in {args.engine} table (offline: a dry "
-        "run makes no call)"
+        "per task; nothing sent"
     )
 
 
@@ -761,15 +764,10 @@ def submit_summary(
     out = [
         f"llmtasks: {count(s.lines_read, 'line')} read{earlier}; ledger holds "
         f"{count(total, 'line')}: {', '.join(parts)}",
-        f"llmtasks: {pace}; cost reported by the service ${s.cost_usd:.4f}",
+        f"llmtasks: {pace}; cost reported by the service ${s.cost_usd:.4f}"
+        + (f"; the limit is {rate_source}" if rate_source else ""),
         where,
     ]
-    if rate_source:
-        out.insert(
-            2,
-            f"llmtasks: the limit of {s.window.limit:,} calls per {s.window.period_s:g} s is "
-            f"{rate_source}",
-        )
     if models is not None and models.source == "built-in":
         out.append(
             f"llmtasks: models checked against the built-in {models.engine} table, not the "

@@ -80,7 +80,8 @@ def test_without_rate_a_run_paces_itself_to_the_accounts_600(emulator: Any, tmp_
     write_prompts(src, n)
     r = run_cli("submit", str(src), "--base-url", emu.url, "--batch-size", "1")
     assert r.returncode == 0, r.stderr
-    assert "the limit of 600 calls per 60 s is the account's limit" in r.stderr
+    assert "limit 600 calls per 60 s); cost" in r.stderr
+    assert "the limit is the account's limit, user_data" in r.stderr
     assert "llm_responses.task_post" in r.stderr
     posts = _posts(emu)
     assert len(posts) == n
@@ -114,7 +115,8 @@ def test_without_an_account_answer_the_documented_2000(emulator: Any, tmp_path: 
     write_prompts(src, 2)
     r = run_cli("submit", str(src), "--base-url", emu.url, "--no-preflight")
     assert r.returncode == 0, r.stderr
-    assert "the limit of 2,000 calls per 60 s is the documented default" in r.stderr
+    assert "limit 2,000 calls per 60 s); cost" in r.stderr
+    assert "the limit is the documented default" in r.stderr
 
 
 def test_help_says_where_the_limit_comes_from() -> None:

@@ -70,7 +70,7 @@ def test_lines_older_than_the_metadata_month_stay_unknown(emulator: Any, tmp_pat
     with sqlite3.connect(ledger) as db:
         db.execute("UPDATE batches SET sent_at = sent_at - 40 * 86400")
     r = run_cli("reconcile", "--ledger", str(ledger), "--base-url", emu.url, "--min-age", "0")
-    assert r.returncode == 1 and "6 unknown line(s) could not be looked up" in r.stderr
+    assert r.returncode == 1 and "6 unknown lines could not be looked up" in r.stderr
     led = Ledger.open_existing(ledger)
     try:
         receipts = list(led.receipts())
