@@ -96,7 +96,8 @@ def test_without_rate_a_run_paces_itself_to_the_accounts_600(emulator: Any, tmp_
 def test_a_rate_above_the_accounts_limit_is_warned_naming_both(
     emulator: Any, tmp_path: Path
 ) -> None:
-    emu = emulator("--rate", "600", "--period", "60")
+    # task_post and task_get are separate budgets on the emulator, as on the service.
+    emu = emulator("--rate", "600", "--period", "60", "--task-get-rate", "900")
     src = tmp_path / "in.jsonl"
     write_prompts(src, 3)
     r = run_cli("submit", str(src), "--base-url", emu.url, "--rate", "5000")
@@ -104,7 +105,7 @@ def test_a_rate_above_the_accounts_limit_is_warned_naming_both(
     assert "--rate is 5000 calls per minute but the account allows 600" in r.stderr
     ledger = tmp_path / "in.jsonl.ledger.sqlite"
     c = run_cli("collect", "--ledger", str(ledger), "--base-url", emu.url, "--rate", "5000")
-    assert "--rate is 5000 calls per minute but the account allows 600 for task_get" in c.stderr
+    assert "--rate is 5000 calls per minute but the account allows 900 for task_get" in c.stderr
     quiet = run_cli("submit", str(src), "--base-url", emu.url, "--rate", "600")
     assert "account allows" not in quiet.stderr
 
