@@ -322,7 +322,7 @@ def test_tasks_the_service_does_not_know_are_recorded_once_and_never_asked_again
         reasons = {x.reason for x in led.receipts()}
     finally:
         led.close()
-    assert reasons == {"task_get: not found on the service (40400)"}
+    assert reasons == {"task_get: not found on the service (40401)"}
 
 
 @pytest.mark.parametrize(
