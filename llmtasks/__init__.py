@@ -1,6 +1,7 @@
 """llmtasks: submit prompts in bulk to DataForSEO's LLM Responses task API, under the
 account's rate limit, with an exact record of what became of every prompt."""
 
+from llmtasks._account import Account
 from llmtasks._collect import Collector, Result, collect
 from llmtasks._errors import (
     AuthError,
@@ -12,14 +13,16 @@ from llmtasks._errors import (
 )
 from llmtasks._input import InputLine, read_lines
 from llmtasks._ledger import Ledger
-from llmtasks._models import ModelCatalog, ModelInfo
+from llmtasks._models import ModelCatalog, ModelInfo, ModelList
 from llmtasks._receipt import Receipt
 from llmtasks._receiver import Receiver
+from llmtasks._rules import TaskRules
 from llmtasks._submit import RunStats, Submitter
 from llmtasks._task import ChainMessage, Task
 from llmtasks._version import __version__
 
 __all__ = [
+    "Account",
     "AuthError",
     "ChainMessage",
     "Collector",
@@ -31,6 +34,7 @@ __all__ = [
     "LlmtasksError",
     "ModelCatalog",
     "ModelInfo",
+    "ModelList",
     "Receipt",
     "Receiver",
     "Result",
@@ -38,6 +42,7 @@ __all__ = [
     "ServiceError",
     "Submitter",
     "Task",
+    "TaskRules",
     "__version__",
     "collect",
     "read_lines",

@@ -36,6 +36,8 @@ EXIT_INTERRUPTED = 130
 LOGIN_ENV = "DATAFORSEO_LOGIN"
 PASSWORD_ENV = "DATAFORSEO_PASSWORD"
 BASE_URL_ENV = "LLMTASKS_BASE_URL"
+#: The documented task_post limit per minute, when the account's own cannot be read.
+DOCUMENTED_PER_MINUTE = 2000
 
 SUBMIT_EPILOG = """\
 examples:
@@ -46,6 +48,12 @@ examples:
 
 credentials come from DATAFORSEO_LOGIN and DATAFORSEO_PASSWORD (never from the command line).
 re-running the same command with the same ledger sends only what is still pending.
+the rate: without --rate, the account's own task_post limit as the free user_data call reports
+it (rates.limits.minute.ai_optimization.llm_responses.task_post, else minute.total); 2000 per
+60 s when the account cannot be read. A --rate above the account's limit is warned about.
+lines are checked against the --engine's documented rules and its models list (fetched once,
+cached for a day; the built-in table offline): only what the service certainly refuses is
+rejected before sending; unsettled rules are warned about once and left to the service.
 """
 
 
@@ -93,11 +101,14 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def add_limits(p: argparse.ArgumentParser, *, calls: str, retried: str) -> None:
+def add_limits(p: argparse.ArgumentParser, *, calls: str, retried: str, function: str) -> None:
     """The account's limits and the retry budget: the same options on every command that
     calls the service under the account's rate."""
     p.add_argument(
-        "--rate", type=_positive_int, default=2000, help=f"{calls} per period (default 2000)"
+        "--rate",
+        type=_positive_int,
+        help=f"{calls} per period (default: the account's {function} limit from user_data, "
+        "else 2000 per 60 s)",
     )
     p.add_argument("--period", type=_positive_float, default=60.0, help="seconds (default 60)")
     p.add_argument(
@@ -139,7 +150,9 @@ def _add_submit(sub: Any) -> None:
     p.add_argument("--engine", choices=("chat_gpt", "claude", "gemini"), default="chat_gpt")
     p.add_argument("--model", help="model_name for tasks that do not name one")
     _add_service(p)
-    add_limits(p, calls="calls", retried="a call that certainly created nothing")
+    add_limits(
+        p, calls="calls", retried="a call that certainly created nothing", function="task_post"
+    )
     p.add_argument(
         "--batch-size", type=_positive_int, default=100, help="tasks per call, 1..100 (default 100)"
     )
@@ -230,7 +243,9 @@ def _add_reconcile(sub: Any) -> None:
         help="look up unknown lines on the service: created, or pending again",
         description="For every line left 'unknown' (sent, no reply), look for its task on the "
         "service with id_list (by tag and prompt, over the time window of its POST). Found: "
-        "'created' with its real task id. Not found: 'pending', so the next submit sends it.",
+        "'created' with its real task id. Not found: 'pending', so the next submit sends it. "
+        "Windows end at the service's own clock (the Date of its reply) and reach back one "
+        "month at most (id_list's metadata); a line outside that stays 'unknown'.",
         epilog="example:\n  llmtasks reconcile --ledger prompts.jsonl.ledger.sqlite\n"
         "  llmtasks submit prompts.jsonl          # then sends what is pending again",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -273,7 +288,7 @@ async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password
             ledger, transport, min_age_s=args.min_age, id_list_rate=args.id_list_rate
         )
     print(reconcile_summary(report), file=sys.stderr)
-    return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
+    return EXIT_OK if report.too_recent == 0 and report.unsearchable == 0 else EXIT_INCOMPLETE
 
 
 def reconcile_summary(report: Any) -> str:
@@ -287,6 +302,12 @@ def reconcile_summary(report: Any) -> str:
             f"llmtasks: warning: {count(report.duplicates, 'task')} "
             f"{verb(report.duplicates, 'exists', 'exist')} twice on the service (sent again "
             "earlier): each copy was charged"
+        )
+    if getattr(report, "unsearchable", 0):
+        out.append(
+            f"llmtasks: {count(report.unsearchable, 'unknown line')} could not be looked up: "
+            "outside what id_list can search (the month it keeps tags for, up to the service's "
+            "now); still unknown, the reason is in each receipt"
         )
     if report.not_found:
         out.append("llmtasks: run the same submit command again to send the pending lines")
@@ -507,11 +528,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     from llmtasks._input import detect_format, read_lines
+    from llmtasks._rules import TaskRules
 
     fmt = detect_format(args.input, args.format)
     counts = {"valid": 0, "rejected": 0, "skipped": 0}
     shown = 0
-    for il in read_lines(args.input, fmt=fmt, default_model=args.model):
+    # A dry run sends nothing, not even the models call: the built-in table stands in.
+    rules = TaskRules(args.engine)
+    for il in read_lines(args.input, fmt=fmt, default_model=args.model, rules=rules):
         if il.skipped:
             counts["skipped"] += 1
         elif il.task is None:
@@ -524,19 +548,26 @@ def _dry_run(args: argparse.Namespace) -> int:
             counts["valid"] += 1
     calls = -(-counts["valid"] // args.batch_size)
     print(dry_run_summary(args, counts, calls), file=sys.stderr)
+    print(
+        f"llmtasks: models checked against the built-in {args.engine} table (offline: a dry "
+        "run makes no call)",
+        file=sys.stderr,
+    )
     return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
 
 
 def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int) -> str:
     lines = sum(counts.values())
     worst = counts["valid"] * args.max_task_cost_usd
-    minutes = calls / args.rate * args.period / 60
+    rate = args.rate or round(DOCUMENTED_PER_MINUTE * args.period / 60)
+    whose = "" if args.rate else ", the documented default: a run takes the account's own"
+    minutes = calls / rate * args.period / 60
     return (
         f"llmtasks: dry run of {args.input}: {count(lines, 'line')}, {counts['valid']:,} valid, "
         f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank; "
-        f"{count(calls, 'call')} (at least {minutes:.1f} min at {args.rate:,} per "
-        f"{args.period:g} s); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} per "
-        "task; nothing sent"
+        f"{count(calls, 'call')} (at least {minutes:.1f} min at {rate:,} per "
+        f"{args.period:g} s{whose}); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} "
+        "per task; nothing sent"
     )
 
 
@@ -567,13 +598,71 @@ async def _service(
         yield emu.base_url, config.login, config.password
 
 
+async def read_account_or_none(
+    args: argparse.Namespace, base_url: str, login: str, password: str
+) -> Any:
+    """user_data before anything else (its limits set the rate); None when it does not
+    answer (the run goes on at the documented default). Wrong credentials stop here."""
+    from llmtasks._account import AccountUnavailable, read_account
+    from llmtasks._transport import Transport
+
+    async with Transport(
+        base_url=base_url,
+        login=login,
+        password=password,
+        timeout_s=args.timeout,
+        allow_insecure=args.allow_insecure,
+    ) as transport:
+        try:
+            return await read_account(transport)
+        except AccountUnavailable as exc:
+            log.warning("%s; going on at the documented %d calls per minute", exc, 2000)
+            return None
+
+
+def choose_rate(
+    args: argparse.Namespace, account: Any, function: str, *, warn: bool = False
+) -> tuple[int, str]:
+    """(calls per --period, where that number comes from). ``warn``: say so when --rate is
+    above the account's limit for ``function``."""
+    limit = account.calls_per_minute(function) if account is not None else None
+    if args.rate is not None:
+        ours = args.rate * 60 / args.period
+        if warn and limit is not None and ours > limit:
+            log.warning(
+                "--rate is %.0f calls per minute but the account allows %d for %s (%s): expect "
+                "40202 answers and a slowed-down run; lower --rate or leave it out",
+                ours,
+                limit,
+                function,
+                account.source(function),
+            )
+        return args.rate, "--rate"
+    if limit is None:
+        rate = round(DOCUMENTED_PER_MINUTE * args.period / 60)
+        return max(2, rate), "the documented default; the account's limit was not available"
+    rate = max(2, round(limit * args.period / 60))
+    return rate, f"the account's limit, {account.source(function)}"
+
+
 async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int:
-    from llmtasks._input import detect_format, read_lines
-    from llmtasks._outputs import write_jsonl
-    from llmtasks._progress import ProgressReporter
-    from llmtasks._submit import Submitter
+    from llmtasks._input import detect_format
 
     fmt = detect_format(args.input, args.format)
+    async with _service(args, credentials) as (base_url, login, password):
+        return await _submit_to(args, base_url, login, password, fmt)
+
+
+async def _submit_to(
+    args: argparse.Namespace, base_url: str, login: str, password: str, fmt: Any
+) -> int:
+    from llmtasks._input import read_lines
+    from llmtasks._outputs import write_jsonl
+    from llmtasks._progress import ProgressReporter
+    from llmtasks._rules import TaskRules
+    from llmtasks._shared import shared_throttle
+    from llmtasks._submit import Submitter
+
     part = "" if args.shard is None else f"shard-{args.shard[0]}-of-{args.shard[1]}."
     ledger_path = args.ledger or _default_path(args.input, f"{part}ledger.sqlite")
     receipts_path = args.receipts or _default_path(args.input, f"{part}receipts.jsonl")
@@ -581,60 +670,63 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
     progress: ProgressReporter | None = None
-    from llmtasks._shared import shared_throttle
-
-    async with (
-        _service(args, credentials) as (base_url, login, password),
-        shared_throttle(
-            args.limiter,
-            login=login,
-            rate=args.rate,
-            period_s=args.period,
-            margin_s=args.margin,
-            max_in_flight=args.concurrency,
-        ) as throttle,
-    ):
-        submitter = Submitter(
-            login=login,
-            password=password,
-            engine=args.engine,
-            base_url=base_url,
-            rate=args.rate,
-            period_s=args.period,
-            margin_s=args.margin,
-            concurrency=args.concurrency,
-            batch_size=args.batch_size,
-            ledger=ledger_path,
-            input_name=args.input,
-            default_model=args.model,
-            timeout_s=args.timeout,
-            max_attempts=args.max_attempts,
-            max_cost_usd=args.max_cost_usd,
-            max_task_cost_usd=args.max_task_cost_usd,
-            resend_unknown=args.resend_unknown,
-            allow_insecure=args.allow_insecure,
-            postback_url=args.postback_url,
-            pingback_url=args.pingback_url,
-            shard=args.shard,
-            throttle=throttle,
-        )
-        async with submitter:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _on_signal, submitter)
-            try:
-                total = _count_lines(args.input)
-                if total is not None and args.shard is not None:
-                    total = len(range(args.shard[0] - 1, total, args.shard[1]))
-                ledger = submitter.ledger
-                assert ledger is not None
-                if args.input != "-" and ledger.last_line():
-                    # Resuming: check the whole input against the ledger before any call.
-                    await submitter.verify(
-                        read_lines(args.input, fmt=fmt, default_model=args.model)
-                    )
-                if not args.no_preflight:
-                    await submitter.preflight(tasks_hint=total)
-                lines = read_lines(args.input, fmt=fmt, default_model=args.model)
+    # The rate is settled by the account check (without --rate: the account's own limit),
+    # after the resume check, which must refuse a changed input before any call.
+    submitter = Submitter(
+        login=login,
+        password=password,
+        engine=args.engine,
+        base_url=base_url,
+        rate=args.rate,
+        period_s=args.period,
+        margin_s=args.margin,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        ledger=ledger_path,
+        input_name=args.input,
+        default_model=args.model,
+        timeout_s=args.timeout,
+        max_attempts=args.max_attempts,
+        max_cost_usd=args.max_cost_usd,
+        max_task_cost_usd=args.max_task_cost_usd,
+        resend_unknown=args.resend_unknown,
+        allow_insecure=args.allow_insecure,
+        postback_url=args.postback_url,
+        pingback_url=args.pingback_url,
+        shard=args.shard,
+    )
+    async with submitter:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _on_signal, submitter)
+        try:
+            total = _count_lines(args.input)
+            if total is not None and args.shard is not None:
+                total = len(range(args.shard[0] - 1, total, args.shard[1]))
+            ledger = submitter.ledger
+            assert ledger is not None
+            if args.input != "-" and ledger.last_line():
+                # Resuming: check the whole input against the ledger before any call. Only
+                # digests matter here; the rules speak when the lines are read to be sent.
+                quiet = TaskRules(args.engine, warn=_silent)
+                await submitter.verify(
+                    read_lines(args.input, fmt=fmt, default_model=args.model, rules=quiet)
+                )
+            if not args.no_preflight:
+                await submitter.check_account(tasks_hint=total)
+            async with shared_throttle(
+                args.limiter,
+                login=login,
+                rate=submitter.limiter.rate,
+                period_s=args.period,
+                margin_s=args.margin,
+                max_in_flight=args.concurrency,
+            ) as throttle:
+                if throttle is not None:
+                    submitter.throttle = throttle
+                await submitter.load_models()
+                lines = read_lines(
+                    args.input, fmt=fmt, default_model=args.model, rules=submitter.rules
+                )
                 if not args.quiet:
                     progress = ProgressReporter(
                         submitter.stats,
@@ -644,31 +736,34 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                     progress.start()
                 async for _ in submitter.submit_lines(lines):
                     pass
-            except LlmtasksError as exc:
-                stop_error = exc
-            finally:
-                if progress is not None:
-                    await progress.stop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-            ledger = submitter.ledger
-            assert ledger is not None
-            # No empty files: a run with nothing rejected leaves no rejects file.
-            if not write_jsonl(receipts_path, ledger, empty=False):
-                receipts_path = ""
-            n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"}, empty=False)
-            counts = ledger.counts()
-            if not args.quiet:
-                text = submit_summary(
-                    args,
-                    submitter.stats,
-                    counts,
-                    receipts_path,
-                    rejects_path,
-                    n_rejects,
-                    ledger.path,
-                )
-                print(text, file=sys.stderr)
+        except LlmtasksError as exc:
+            stop_error = exc
+        finally:
+            if progress is not None:
+                await progress.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        ledger = submitter.ledger
+        assert ledger is not None
+        # No empty files: a run with nothing rejected leaves no rejects file.
+        if not write_jsonl(receipts_path, ledger, empty=False):
+            receipts_path = ""
+        n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"}, empty=False)
+        counts = ledger.counts()
+        if not args.quiet:
+            text = submit_summary(
+                args,
+                submitter.stats,
+                counts,
+                receipts_path,
+                rejects_path,
+                n_rejects,
+                ledger.path,
+                rate_source=submitter.rate_source,
+                models=submitter.models,
+                warned=submitter.rules.warned,
+            )
+            print(text, file=sys.stderr)
     if stop_error is not None:
         raise stop_error
     if submitter.interrupted:
@@ -676,6 +771,10 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
         return EXIT_INTERRUPTED
     unfinished = sum(n for state, n in counts.items() if state not in ("created", "skipped"))
     return EXIT_OK if unfinished == 0 else EXIT_INCOMPLETE
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _on_signal(submitter: Any) -> None:
@@ -696,8 +795,13 @@ def submit_summary(
     rejects_path: str,
     n_rejects: int,
     ledger_path: str,
+    *,
+    rate_source: str = "",
+    models: Any = None,
+    warned: dict[str, int] | None = None,
 ) -> str:
-    """What ``submit`` prints at the end: counts, calls against the limit, where things are."""
+    """What ``submit`` prints at the end: counts, calls against the limit (and where that
+    limit came from), where things are, and what was checked how."""
     from llmtasks._pace import summary_pace
 
     s = stats
@@ -721,9 +825,18 @@ def submit_summary(
     out = [
         f"llmtasks: {count(s.lines_read, 'line')} read{earlier}; ledger holds "
         f"{count(total, 'line')}: {', '.join(parts)}",
-        f"llmtasks: {pace}; cost reported by the service ${s.cost_usd:.4f}",
+        f"llmtasks: {pace}; cost reported by the service ${s.cost_usd:.4f}"
+        + (f"; the limit is {rate_source}" if rate_source else ""),
         where,
     ]
+    if models is not None and models.source == "built-in":
+        out.append(
+            f"llmtasks: models checked against the built-in {models.engine} table, not the "
+            f"service's list ({models.note})"
+        )
+    if warned:
+        kinds = ", ".join(f"{k} ({count(n, 'line')})" for k, n in warned.items())
+        out.append(f"llmtasks: sent for the service to judge: {kinds}")
     if counts.get("unknown"):
         out.append(
             f"llmtasks: {count(counts['unknown'], 'line')} unknown (sent, no reply): run "

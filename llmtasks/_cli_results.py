@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from llmtasks._cli import (
+    DOCUMENTED_PER_MINUTE,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -21,6 +22,9 @@ from llmtasks._cli import (
     _positive_float,
     _positive_int,
     add_limits,
+    choose_rate,
+    log,
+    read_account_or_none,
 )
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._task import ENGINES
@@ -33,6 +37,9 @@ examples:
   llmtasks collect --ledger run.sqlite --out answers.jsonl --direct   ask for each task by id
 
 each output line: {"line", "tag", "task_id", "status_code", "status_message", "result"}.
+the rate: without --rate, the account's own task_get limit as user_data reports it
+(rates.limits.minute.ai_optimization.llm_responses.task_get, else minute.total); 2000 per 60 s
+when the account cannot be read; a --rate above the account's limit is warned about.
 re-running continues: results already written are not fetched or written again.
 polling: tasks_ready at most 20 times a minute; with --wait, after a poll that found nothing,
 wait --poll-interval seconds, doubling up to --max-poll-interval (defaults 5 and 120).
@@ -56,11 +63,11 @@ def register(sub: Any) -> None:
     _add_report(sub)
 
 
-def _limits(args: argparse.Namespace) -> dict[str, Any]:
+def _limits(args: argparse.Namespace, rate: int | None = None) -> dict[str, Any]:
     if args.concurrency is not None and args.concurrency > 30:
         raise ConfigError("--concurrency must be at most 30 (the service allows 30 per account)")
     return {
-        "rate": args.rate,
+        "rate": rate or args.rate or DOCUMENTED_PER_MINUTE,
         "period_s": args.period,
         "margin_s": args.margin,
         "concurrency": args.concurrency,
@@ -95,7 +102,7 @@ def _add_collect(sub: Any) -> None:
     )
     p.add_argument("--engine", choices=ENGINES, help="must match the ledger (default: its engine)")
     _add_service(p)
-    add_limits(p, calls="task_get calls", retried="a failed call")
+    add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
     p.add_argument(
         "--tasks-ready-rate",
         type=_positive_int,
@@ -160,7 +167,8 @@ def collect_notes(counts: dict[str, int], states: dict[str, int]) -> list[str]:
     if counts["failed"]:
         out.append(
             f"llmtasks: {count(counts['failed'], 'task')} failed on the service side (their "
-            "lines have a status_code other than 20000 and no result)"
+            "lines have a status_code other than 20000 and no result; 40401 not found and "
+            "40403 expired are final; any other failed task is refunded)"
         )
     not_created = sum(n for s, n in states.items() if s in ("pending", "sending", "unknown"))
     if not_created:
@@ -220,6 +228,12 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
     async with collector:
         ledger = collector.ledger
         assert ledger is not None
+        if ledger.uncollected_count() or ledger.fetching():
+            # task_get's own limit from user_data; nothing to fetch, no call at all.
+            account = await read_account_or_none(args, args.base_url, login, password)
+            rate, rate_source = choose_rate(args, account, "task_get", warn=True)
+            collector.use_rate(rate, args.period)
+            log.info("task_get at %d per %g s (%s)", rate, args.period, rate_source)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
 
@@ -330,7 +344,7 @@ def _add_receive(sub: Any) -> None:
         help="exit once submit is done with the ledger and every created task is collected",
     )
     _add_service(p)
-    add_limits(p, calls="task_get calls", retried="a failed call")
+    add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
     _add_common(p)
     p.set_defaults(handler=cmd_receive)
 

@@ -45,6 +45,12 @@ READY_PAGE: Final = 1000
 RUNNING_CODES: Final = frozenset({40601, 40602})
 #: Per-task codes that say "ask again later", not "this task failed".
 TRANSIENT_TASK_CODES: Final = frozenset({40202, 40209})
+#: task_get: the task is not there (40401) or its result expired after 30 days (40403).
+#: Final: asking again cannot help, so they are recorded as such and never retried.
+GONE_CODES: Final = frozenset({40401, 40403})
+#: Why a task that failed on the service costs nothing (documented: a task unfinished after
+#: 72 hours fails, and a failed task's prepayment is refunded).
+REFUND_NOTE: Final = "failed on the service: its prepayment is refunded"
 #: tasks_ready lists tasks of the last 3 days: older ones can only be fetched by id.
 READY_HORIZON_S: Final = 3 * 24 * 3600.0
 #: How often (at most) to look for such old tasks by id while waiting.
@@ -131,6 +137,14 @@ def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
     text = bytes(raw)
     result = None if text in (b"", b"null") else text.decode()
     ok = task.status_code == 20000
+    if ok:
+        note = None
+    elif task.status_code in (40400, 40401):
+        note = f"task_get: not found on the service ({task.status_code})"
+    elif task.status_code == 40403:
+        note = "task_get: the result expired (40403: results are kept 30 days)"
+    else:
+        note = REFUND_NOTE
     return ResultRow(
         task_id=ref.task_id,
         line=ref.line,
@@ -140,6 +154,7 @@ def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
         status_message=task.status_message,
         result=result if ok else None,
         via=via,
+        note=note,
     )
 
 
@@ -241,6 +256,12 @@ class Collector:
     are raised after the results already fetched were recorded.
     """
 
+    limiter: RateLimiter
+    concurrency: int
+    gate: ConcurrencyGate
+    throttle: LocalThrottle
+    ready_throttle: LocalThrottle
+
     def __init__(
         self,
         *,
@@ -272,18 +293,12 @@ class Collector:
         if not 0 < poll_interval_s <= max_poll_interval_s:
             raise ConfigError("poll interval must be more than 0 and at most the maximum")
         try:
-            self.limiter = RateLimiter(
-                rate=rate, period_s=period_s, margin_s=margin_s, burst=default_burst(rate)
-            )
             self.ready_limiter = RateLimiter(rate=tasks_ready_rate, period_s=60.0, burst=1)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.concurrency = concurrency or default_concurrency(rate, period_s)
-        self.gate = ConcurrencyGate(limit=self.concurrency)
-        # task_get counts against the account's rate; tasks_ready has its own; both share
-        # the account's cap on simultaneous calls.
-        self.throttle = LocalThrottle(self.limiter, self.gate)
-        self.ready_throttle = LocalThrottle(self.ready_limiter, self.gate)
+        self._concurrency_arg = concurrency
+        self._margin_s = margin_s
+        self.use_rate(rate, period_s)
         self.retry = RetryPolicy(
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
@@ -311,6 +326,24 @@ class Collector:
         self._pending_out: list[list[Result]] = []
         self._flushed_at = time.monotonic()
         self._out: asyncio.Queue[list[Result] | None] | None = None
+
+    def use_rate(self, rate: int, period_s: float | None = None) -> None:
+        """Set the task_get rate (e.g. the account's own limit, read after construction);
+        only before the first call."""
+        if period_s is None:
+            period_s = self.limiter.period_s
+        try:
+            self.limiter = RateLimiter(
+                rate=rate, period_s=period_s, margin_s=self._margin_s, burst=default_burst(rate)
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.concurrency = self._concurrency_arg or default_concurrency(rate, period_s)
+        self.gate = ConcurrencyGate(limit=self.concurrency)
+        # task_get counts against the account's rate; tasks_ready has its own; both share
+        # the account's cap on simultaneous calls.
+        self.throttle = LocalThrottle(self.limiter, self.gate)
+        self.ready_throttle = LocalThrottle(self.ready_limiter, self.gate)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -527,6 +560,11 @@ class Collector:
             self.throttle.react(reply, admitted_at)
             self.stats.calls += 1
             task = None
+            if reply.status_code in GONE_CODES:
+                # Said for the whole call (HTTP 404 or 200): the answer about this one task.
+                gone = GotTask(status_code=reply.status_code, id=ref.task_id)
+                self._record(ref, msgspec.structs.replace(gone, status_message=reply.message), via)
+                return
             if reply.kind == "ok":
                 self._successes += 1
                 try:

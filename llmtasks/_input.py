@@ -22,11 +22,11 @@ from typing import Any, BinaryIO, Final, Literal
 import msgspec
 
 from llmtasks._errors import ConfigError, InputError
+from llmtasks._rules import TaskRules
 from llmtasks._task import (
     StrictTask,
     Task,
     TaskRuleError,
-    check_rules,
     decode_task,
     explain,
 )
@@ -97,8 +97,13 @@ def read_lines(
     fmt: str | None = None,
     default_model: str | None = None,
     max_line_bytes: int = 1_000_000,
+    engine: str | None = None,
+    rules: TaskRules | None = None,
 ) -> Iterator[InputLine]:
     """Stream ``source`` (a path, or "-" for stdin) as one ``InputLine`` per record.
+
+    Each task is checked against its engine's rules: ``rules`` (with the run's models list),
+    or else ``engine``'s (default chat_gpt) with the built-in models table (see ``_rules``).
 
     The file is opened, and a CSV header read, before this returns, so an unreadable input
     raises ``InputError`` here and not halfway through a run. The file is closed when the
@@ -107,7 +112,11 @@ def read_lines(
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be at least 1")
     kind = detect_format(source, fmt)
-    gen = _generate(source, kind, default_model, max_line_bytes)
+    if rules is None:
+        rules = TaskRules(engine or "chat_gpt")
+    elif engine is not None and rules.engine != engine:
+        raise ConfigError(f"the rules given are {rules.engine}'s, not {engine}'s")
+    gen = _generate(source, kind, _Completer(default_model, rules), max_line_bytes)
     # Run the generator up to its first yield: opening the file and reading a CSV header
     # happen now, and from here on closing the generator closes the file.
     primed = next(gen)
@@ -119,7 +128,7 @@ _PRIMED: Final = InputLine(line=0, digest=b"", task=None)
 
 
 def _generate(
-    source: str, kind: Format, default_model: str | None, max_line_bytes: int
+    source: str, kind: Format, complete: _Completer, max_line_bytes: int
 ) -> Generator[InputLine, None, None]:
     name = "<stdin>" if source == STDIN else source
     stream, owned = _open(source, name)
@@ -128,11 +137,11 @@ def _generate(
         # Read the first line now: a UTF-16 input is refused before the caller starts.
         physical = itertools.chain(list(itertools.islice(lines, 1)), lines)
         if kind == "jsonl":
-            body = _jsonl(physical, default_model, max_line_bytes)
+            body = _jsonl(physical, complete, max_line_bytes)
         elif kind == "text":
-            body = _text(physical, default_model, max_line_bytes)
+            body = _text(physical, complete, max_line_bytes)
         else:
-            body = _csv(physical, name, default_model, max_line_bytes)
+            body = _csv(physical, name, complete, max_line_bytes)
             next(body)  # reads the header: InputError now, not later
         yield _PRIMED
         yield from body
@@ -275,17 +284,19 @@ def decode_user_task(raw: bytes) -> Task:
         return decode_task(msgspec.json.encode(doc), strict=True)
 
 
-def _complete(task: Task, default_model: str | None) -> Task:
-    """Apply the default model, then the rules that need the model. Raises TaskRuleError."""
-    if not task.model_name and default_model:
-        # replace() runs __post_init__, so the model's rules apply to the line's fields.
-        task = msgspec.structs.replace(task, model_name=default_model)
-    if task.user_prompt and task.model_name:
-        # __post_init__ already ran check_rules on this very object; with both fields set,
-        # require_model=True would check nothing more (and costs a quarter of a line's time).
+class _Completer:
+    """Applies the default model, then the engine's rules (``TaskRules``)."""
+
+    def __init__(self, default_model: str | None, rules: TaskRules) -> None:
+        self.default_model = default_model
+        self.rules = rules
+
+    def __call__(self, task: Task, line: int) -> Task:
+        """Raises TaskRuleError."""
+        if not task.model_name and self.default_model:
+            task = msgspec.structs.replace(task, model_name=self.default_model)
+        self.rules.check(task, line)
         return task
-    check_rules(task, require_model=True)
-    return task
 
 
 _MODEL_HINT: Final = "is required (set model_name in the input or give --model)"
@@ -497,8 +508,9 @@ def _rule_rejection(err: TaskRuleError, default_model: str | None, hint: str) ->
 
 
 def _jsonl(
-    physical: Iterator[_Physical], default_model: str | None, max_line_bytes: int
+    physical: Iterator[_Physical], complete: _Completer, max_line_bytes: int
 ) -> Generator[InputLine, None, None]:
+    default_model = complete.default_model
     blake2b = hashlib.blake2b
     n = 0
     for raw, long in physical:
@@ -512,7 +524,7 @@ def _jsonl(
             yield _too_long(n, digest, len(raw), max_line_bytes)
             continue
         try:
-            task = _complete(decode_user_task(raw), default_model)
+            task = complete(decode_user_task(raw), n)
         except msgspec.DecodeError as err:
             if not raw.strip():
                 yield InputLine(line=n, digest=digest, task=None, reason=BLANK, skipped=True)
@@ -572,8 +584,9 @@ _TEXT_MODEL_HINT: Final = "is required (give --model)"
 
 
 def _text(
-    physical: Iterator[_Physical], default_model: str | None, max_line_bytes: int
+    physical: Iterator[_Physical], complete: _Completer, max_line_bytes: int
 ) -> Generator[InputLine, None, None]:
+    default_model = complete.default_model
     n = 0
     for raw, long in physical:
         n += 1
@@ -604,7 +617,7 @@ def _text(
             task: Task = msgspec.convert(
                 {"user_prompt": prompt, "model_name": default_model}, StrictTask
             )
-            task = _complete(task, default_model)
+            task = complete(task, n)
         except msgspec.ValidationError as err:
             field, reason = _rejection(err)
             yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
@@ -622,7 +635,7 @@ def _text(
 FIELDS: Final[tuple[str, ...]] = StrictTask.__struct_fields__
 _INT_FIELDS: Final = frozenset({"max_output_tokens"})
 _FLOAT_FIELDS: Final = frozenset({"temperature", "top_p"})
-_BOOL_FIELDS: Final = frozenset({"web_search", "force_web_search"})
+_BOOL_FIELDS: Final = frozenset({"web_search", "force_web_search", "use_reasoning"})
 _JSON_FIELDS: Final = frozenset({"message_chain"})
 _INT: Final = re.compile(r"[+-]?[0-9]+")
 _FLOAT: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -691,7 +704,7 @@ class _CsvSource:
 
 
 def _csv(
-    physical: Iterator[_Physical], name: str, default_model: str | None, max_line_bytes: int
+    physical: Iterator[_Physical], name: str, complete: _Completer, max_line_bytes: int
 ) -> Generator[InputLine, None, None]:
     """The first ``next()`` reads the header and yields ``_PRIMED``; then the records."""
     src = _CsvSource(physical, max_line_bytes)
@@ -727,7 +740,7 @@ def _csv(
             field = next((h for h, c in zip(header, row, strict=True) if _has_surrogate(c)), "")
             yield InputLine(line=line, digest=digest, task=None, field=field, reason=src.bad_utf8)
             continue
-        yield _csv_row(line, digest, header, row, default_model)
+        yield _csv_row(line, digest, header, row, complete)
 
 
 def _has_surrogate(cell: str) -> bool:
@@ -777,7 +790,7 @@ def _csv_row(
     digest: bytes,
     header: tuple[str, ...],
     row: list[str],
-    default_model: str | None,
+    complete: _Completer,
 ) -> InputLine:
     values: dict[str, Any] = {}
     for col, cell in zip(header, row, strict=True):
@@ -789,12 +802,12 @@ def _csv_row(
             return InputLine(line=line, digest=digest, task=None, field=col, reason=str(err))
     try:
         task: Task = msgspec.convert(values, StrictTask)
-        task = _complete(task, default_model)
+        task = complete(task, line)
     except msgspec.ValidationError as err:
         field, reason = _rejection(err)
         return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
     except TaskRuleError as err:
-        field, reason = _rule_rejection(err, default_model, _MODEL_HINT)
+        field, reason = _rule_rejection(err, complete.default_model, _MODEL_HINT)
         return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
     return InputLine(line=line, digest=digest, task=task)
 

@@ -522,7 +522,9 @@ class Ledger:
                 if cur.rowcount:
                     new += 1
                     self._db.execute(
-                        "UPDATE lines SET collected = ? WHERE line = ?", (1 if r.ok else 2, r.line)
+                        "UPDATE lines SET collected = ?, reason = COALESCE(?, reason) "
+                        "WHERE line = ?",
+                        (1 if r.ok else 2, r.note, r.line),
                     )
                 self._db.execute("DELETE FROM fetching WHERE task_id = ?", (r.task_id,))
         return new
@@ -674,3 +676,5 @@ class ResultRow(NamedTuple):
     status_message: str | None
     result: str | None
     via: str
+    note: str | None = None
+    """Why it failed, for the line's receipt (e.g. the refund of a task failed on the service)."""

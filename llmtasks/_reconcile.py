@@ -5,6 +5,12 @@ There is no idempotency key, so the only way to know is to look for the task: ``
 with metadata lists every task created in a time window with the fields it was posted with,
 tag included. Each unknown line found there becomes ``created`` with its real task id;
 each one not found becomes ``pending`` again, for the next ``submit`` to send.
+
+id_list refuses a ``datetime_to`` in the future, and keeps the POST fields (the tag) for a
+month. So every window ends at the service's "now" (the ``Date`` header of its reply to a
+free call, never our own clock) and starts within the last four weeks (the shortest month);
+a line whose window cannot be searched in full stays ``unknown`` with the reason, since not
+finding it there would prove nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ DEFAULT_SKEW_S: Final = 300.0
 #: A POST that timed out may still be running on the service: look only once it is surely done.
 DEFAULT_MIN_AGE_S: Final = 120.0
 _MAX_TRIES: Final = 6
+#: How far back id_list lists tasks with their metadata: "one month", read as the shortest.
+METADATA_REACH_S: Final = 28 * 24 * 3600.0
+CLOCK_PATH: Final = "/v3/appendix/user_data"
 
 
 @dataclass
@@ -45,6 +54,10 @@ class ReconcileReport:
     too_recent: int = 0
     duplicates: int = 0
     calls: int = 0
+    #: Unknown lines whose window id_list cannot search (too old, or not yet): still unknown.
+    unsearchable: int = 0
+    #: Where the service's "now" came from.
+    clock: str = ""
 
 
 def _fmt(ts: float) -> str:
@@ -82,13 +95,22 @@ async def reconcile(
     report.too_recent = len(unknown) - len(ripe)
     if not ripe:
         return report
+    service_now, report.clock = await service_clock(transport, skew_s)
+    report.calls += 1
+    reach = service_now - METADATA_REACH_S
+    # Every window [t - skew, t + skew] is cut at the service's now (nothing can have been
+    # created later); it must start within id_list's reach, or a miss would prove nothing.
+    searchable = {b for b in {u[3] for u in ripe} if reach <= sent_at[b] - skew_s <= service_now}
+    blind = [u for u in ripe if u[3] not in searchable]
+    ripe = [u for u in ripe if u[3] in searchable]
     by_tag: dict[str | None, list[tuple[int, bytes | None]]] = {}
     for line, tag, digest, _ in ripe:
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
     limiter = RateLimiter(rate=max(2, id_list_rate), period_s=60.0)
     found: dict[int, Receipt] = {}
-    for lo, hi in _windows([sent_at[b] for b in {u[3] for u in ripe}], skew_s):
+    windows = _windows([sent_at[b] for b in searchable], skew_s)
+    for lo, hi in ((lo, min(hi, service_now)) for lo, hi in windows):
         offset = 0
         while True:
             items = await _page(transport, limiter, lo, hi, offset, report)
@@ -97,7 +119,7 @@ async def reconcile(
             if len(items) < PAGE:
                 break
             offset += PAGE
-    missing = [u for u in ripe if u[0] not in found]
+    missing = [u for u in ripe + blind if u[0] not in found]
     if missing:
         await _tasks_ready(transport, ledger.engine, missing, found, report)
     verdicts = list(found.values())
@@ -110,10 +132,47 @@ async def reconcile(
                     reason="not found on the service by reconcile: the next submit sends it",
                 )
             )
+    for line, _, _, batch in blind:
+        if line not in found:
+            report.unsearchable += 1
+            verdicts.append(
+                Receipt(line=line, state="unknown", reason=_blind_reason(sent_at[batch], reach))
+            )
     ledger.resolve(verdicts)
     report.found = len(found)
-    report.not_found = len(ripe) - len(found)
+    report.not_found = len(ripe) - len([u for u in ripe if u[0] in found])
     return report
+
+
+def _blind_reason(sent: float, reach: float) -> str:
+    if sent < reach + DEFAULT_SKEW_S:
+        return (
+            f"sent {_fmt(sent)}: id_list keeps the tags of the last month only, so reconcile "
+            "cannot tell whether it was created; still unknown (resend it with "
+            "--resend-unknown only if paying twice is acceptable)"
+        )
+    return (
+        f"sent {_fmt(sent)}, which the service's clock has not reached yet: id_list cannot "
+        "search that window; still unknown, run reconcile again later"
+    )
+
+
+async def service_clock(transport: Transport, skew_s: float) -> tuple[float, str]:
+    """The service's "now": the ``Date`` header of a free call's reply. Without one, our own
+    clock less ``skew_s`` (the most the clocks are assumed to disagree): never in its future."""
+    for attempt in range(1, _MAX_TRIES + 1):
+        reply = await transport.get(CLOCK_PATH)
+        if reply.kind == "auth":
+            raise AuthError(f"the service refused the credentials ({reply.message})")
+        if reply.server_time is not None:
+            return reply.server_time, "the service's Date header"
+        if reply.kind == "ok" or attempt == 3:
+            break
+        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+    log.warning(
+        "the service's reply had no Date header: taking our clock less %.0f s as its now", skew_s
+    )
+    return time.time() - skew_s, f"the local clock less {skew_s:.0f} s"
 
 
 def _match(
@@ -199,7 +258,8 @@ async def _page(
         [
             {
                 "datetime_from": _fmt(lo),
-                "datetime_to": _fmt(hi + 1),
+                # Whole seconds, rounded down: never past the service's now.
+                "datetime_to": _fmt(hi),
                 "limit": PAGE,
                 "offset": offset,
                 "sort": "asc",

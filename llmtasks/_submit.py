@@ -16,30 +16,35 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-import orjson
 
+from llmtasks._account import (
+    DOCUMENTED_CALLS_PER_MINUTE,
+    Account,
+    AccountUnavailable,
+    read_account,
+)
 from llmtasks._errors import (
-    AuthError,
     ConfigError,
     FundsError,
     InputError,
     LlmtasksError,
-    ServiceError,
 )
 from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger, NewLine
+from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
+from llmtasks._rules import TaskRules
 from llmtasks._task import (
     ENGINES,
     MAX_TASKS_PER_POST,
     Task,
     TaskRuleError,
-    check_rules,
     explain,
 )
 from llmtasks._throttle import (
@@ -54,7 +59,6 @@ from llmtasks._transport import (
     INVALID_TASK_CODES,
     Reply,
     Transport,
-    describe_code,
     stop_error,
 )
 from llmtasks._words import count
@@ -116,6 +120,8 @@ class Submitter:
     made, with unsent lines left ``pending`` in the ledger for a later run.
     """
 
+    throttle: Throttle
+
     def __init__(
         self,
         *,
@@ -123,7 +129,7 @@ class Submitter:
         password: str,
         engine: str = "chat_gpt",
         base_url: str = DEFAULT_BASE_URL,
-        rate: int = 2000,
+        rate: int | None = None,
         period_s: float = 60.0,
         margin_s: float | None = None,
         concurrency: int | None = None,
@@ -143,7 +149,10 @@ class Submitter:
         pingback_url: str | None = None,
         throttle: Throttle | None = None,
         shard: tuple[int, int] | None = None,
+        models_cache_dir: str | None = None,
     ) -> None:
+        """``rate`` None: the account's own task_post limit once ``preflight()`` has read it
+        (user_data), else the documented 2000 per ``period_s``."""
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         if not 1 <= batch_size <= MAX_TASKS_PER_POST:
@@ -154,15 +163,14 @@ class Submitter:
             raise ConfigError("max attempts must be at least 1")
         if max_cost_usd is not None and max_cost_usd < 0:
             raise ConfigError("--max-cost-usd must not be negative")
-        try:
-            self.limiter = RateLimiter(
-                rate=rate, period_s=period_s, margin_s=margin_s, burst=default_burst(rate)
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.concurrency = concurrency or default_concurrency(rate, period_s)
-        self.gate = ConcurrencyGate(limit=self.concurrency)
-        self.throttle: Throttle = throttle or LocalThrottle(self.limiter, self.gate)
+        self.rate_given = rate is not None
+        self._concurrency_arg = concurrency
+        self._margin_s = margin_s
+        self._set_rate(rate if rate is not None else DOCUMENTED_CALLS_PER_MINUTE, period_s)
+        if throttle is not None:
+            self.throttle = throttle
+        #: Where the rate came from, for the summary.
+        self.rate_source = "--rate" if self.rate_given else "the documented default"
         self.retry = RetryPolicy(
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
@@ -192,13 +200,21 @@ class Submitter:
             login=login,
             password=password,
             timeout_s=timeout_s,
-            max_connections=self.concurrency,
+            # The account's limit may raise the concurrency later (see _set_rate); the gate,
+            # not the connection pool, is what holds calls to it.
+            max_connections=self.concurrency if self.rate_given or concurrency else 30,
             allow_insecure=allow_insecure,
         )
+        self.models_cache_dir = models_cache_dir
+        #: The engine's rules with the run's models list (``load_models``); built-in until then.
+        self.rules = TaskRules(engine)
+        self.models: ModelList | None = None
         self._ledger_arg = ledger
         self._input_name = input_name
         self.ledger: Ledger | None = None
-        self.stats = RunStats(window=CallWindow(limit=rate, period_s=period_s))
+        self.stats = RunStats(
+            window=CallWindow(limit=self.limiter.rate, period_s=self.limiter.period_s)
+        )
         self._stop_reason: LlmtasksError | None = None
         self._error: Exception | None = None
         self._interrupted = False
@@ -316,50 +332,43 @@ class Submitter:
     def interrupted(self) -> bool:
         return self._interrupted
 
-    async def account(self) -> dict[str, Any]:
-        """The free ``user_data`` call: checks credentials; returns balance and limits."""
-        for attempt in range(1, 4):
-            reply = await self.transport.get("/v3/appendix/user_data")
-            if reply.kind in ("ok", "auth", "fatal"):
-                break
-            await asyncio.sleep(self.retry.delay_s(attempt))  # free and read-only: safe to repeat
-        if reply.kind == "auth":
-            raise AuthError(f"the service refused the credentials ({describe_code(reply)})")
-        if reply.kind == "fatal":
-            raise ServiceError(
-                f"cannot read account data: {reply.message} ({describe_code(reply)})"
+    def _set_rate(self, rate: int, period_s: float) -> None:
+        try:
+            self.limiter = RateLimiter(
+                rate=rate, period_s=period_s, margin_s=self._margin_s, burst=default_burst(rate)
             )
-        if reply.kind != "ok":
-            raise _AccountUnavailable(f"cannot read account data: {reply.message}")
-        doc = orjson.loads(reply.body)
-        result = ((doc.get("tasks") or [{}])[0].get("result") or [{}])[0]
-        money = result.get("money") or {}
-        minute = ((result.get("rates") or {}).get("limits") or {}).get("minute") or {}
-        return {
-            "balance_usd": money.get("balance"),
-            "calls_per_minute": minute.get("ai_optimization"),
-        }
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.concurrency = self._concurrency_arg or default_concurrency(rate, period_s)
+        self.gate = ConcurrencyGate(limit=self.concurrency)
+        self.throttle = LocalThrottle(self.limiter, self.gate)
 
-    async def preflight(self, *, tasks_hint: int | None = None) -> dict[str, Any]:
-        """Check credentials, the real per-minute limit and the balance before any POST."""
+    async def account(self) -> Account:
+        """The free ``user_data`` call: checks credentials; returns balance and limits."""
+        return await read_account(self.transport, self.retry)
+
+    async def preflight(self, *, tasks_hint: int | None = None) -> Account | None:
+        """``check_account`` then ``load_models``: everything to know before the first POST."""
+        info = await self.check_account(tasks_hint=tasks_hint)
+        await self.load_models()
+        if self.default_model:
+            self.rules.model(self.default_model)  # warns now about an unlisted model
+        return info
+
+    async def check_account(self, *, tasks_hint: int | None = None) -> Account | None:
+        """The free user_data call: credentials, the account's task_post limit (the rate
+        without a ``rate``; a ``rate`` above it is warned about) and the balance against
+        ``tasks_hint`` tasks. None when user_data does not answer (the run goes on)."""
         try:
             info = await self.account()
-        except _AccountUnavailable as exc:
+        except AccountUnavailable as exc:
             log.warning("%s; going on without the account check", exc)
-            return {}
-        limit = info.get("calls_per_minute")
-        ours = self.limiter.rate * 60.0 / self.limiter.period_s
-        if isinstance(limit, int | float) and ours > limit:
-            log.warning(
-                "--rate is %.0f calls per minute but the account allows %.0f: expect 40202 "
-                "answers and a slowed-down run; lower --rate",
-                ours,
-                limit,
-            )
-        if self.default_model:
-            await self._check_model(self.default_model)
-        balance = info.get("balance_usd")
-        if tasks_hint is not None and isinstance(balance, int | float):
+            return None
+        # The credentials worked: a 401 from now on is the service's passing glitch.
+        self._successes += 1
+        self.apply_account(info)
+        balance = info.balance_usd
+        if tasks_hint is not None and balance is not None:
             worst = tasks_hint * self.max_task_cost_usd
             if worst > balance:
                 log.warning(
@@ -372,17 +381,52 @@ class Submitter:
                 )
         return info
 
-    async def _check_model(self, name: str) -> None:
-        from llmtasks._models import ModelCatalog
-
-        try:
-            async with self.throttle.slot():  # the models call counts against the account
-                warning = await ModelCatalog(self.transport).check(self.engine, name)
-        except LlmtasksError as exc:
-            log.warning("could not check --model %s against the models list: %s", name, exc)
+    def apply_account(self, account: Account) -> None:
+        """Take the account's task_post limit as the rate (when none was given and no call
+        was made yet), or warn when the given rate is above it."""
+        limit = account.calls_per_minute("task_post")
+        if limit is None:
             return
-        if warning:
-            log.warning("%s", warning)
+        where = account.source("task_post")
+        ours = self.limiter.rate * 60.0 / self.limiter.period_s
+        if self.rate_given or not isinstance(self.throttle, LocalThrottle):
+            if ours > limit:
+                log.warning(
+                    "--rate is %.0f calls per minute but the account allows %d (%s): expect "
+                    "40202 answers and a slowed-down run; lower --rate or leave it out",
+                    ours,
+                    limit,
+                    where,
+                )
+            return
+        if self.stats.calls == 0:
+            period_s = self.limiter.period_s
+            self._set_rate(max(2, round(limit * period_s / 60.0)), period_s)
+            self.stats.window = CallWindow(limit=self.limiter.rate, period_s=period_s)
+            self.rate_source = f"the account's limit, {where}"
+
+    async def load_models(self, *, offline: bool = False) -> ModelList:
+        """The engine's models list for this run (once): cached for a day, else fetched (the
+        call takes a rate slot), else the built-in table; the rules use it from now on."""
+        if self.models is None:
+            cache = self.models_cache_dir
+            self.models = await load_models(
+                None if offline else self.transport,
+                self.engine,
+                cache_dir=default_cache_dir() if cache is None else Path(cache) if cache else None,
+                slot=self.throttle.slot,
+            )
+            self.rules = TaskRules(self.engine, self.models)
+            if self.models.source == "service":
+                self._successes += 1  # as for user_data: the credentials work
+            if self.models.source == "built-in":
+                log.warning(
+                    "the %s models list could not be read (%s): checking models against the "
+                    "built-in table",
+                    self.engine,
+                    self.models.note,
+                )
+        return self.models
 
     # -- public entry points -------------------------------------------------------------
 
@@ -390,7 +434,17 @@ class Submitter:
         self, tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]]
     ) -> AsyncIterator[Receipt]:
         """One receipt per task (line numbers count tasks from 1), as calls complete."""
-        return self.submit_lines(_as_lines(tasks, self.default_model))
+        return self.submit_lines(self._as_lines(tasks))
+
+    async def _as_lines(
+        self,
+        tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]],
+    ) -> AsyncIterator[InputLine]:
+        await self.load_models()
+        line = 0
+        async for obj in _aiter(tasks):
+            line += 1
+            yield _to_line(line, obj, self.default_model, self.rules)
 
     def submit_lines(
         self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
@@ -751,10 +805,6 @@ class Submitter:
         await self._emit(receipts)
 
 
-class _AccountUnavailable(ServiceError):
-    """user_data did not answer; the run can go on without it."""
-
-
 def _field_of(message: str) -> str | None:
     # The service names the field as "Invalid Field: 'name'."
     start = message.find("'")
@@ -762,17 +812,9 @@ def _field_of(message: str) -> str | None:
     return message[start + 1 : end] if 0 <= start < end else None
 
 
-async def _as_lines(
-    tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]],
-    default_model: str | None,
-) -> AsyncIterator[InputLine]:
-    line = 0
-    async for obj in _aiter(tasks):
-        line += 1
-        yield _to_line(line, obj, default_model)
-
-
-def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None) -> InputLine:
+def _to_line(
+    line: int, obj: Task | Mapping[str, Any], default_model: str | None, rules: TaskRules
+) -> InputLine:
     # Round-trip through JSON: constraints are checked on decode, not when a Struct is built.
     try:
         raw = msgspec.json.encode(obj)
@@ -783,7 +825,7 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         task = decode_user_task(raw)
         if task.model_name is None and default_model:
             task = msgspec.structs.replace(task, model_name=default_model)
-        check_rules(task, require_model=True)
+        rules.check(task, line)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         fld, reason = explain(exc)
         return InputLine(line=line, digest=fingerprint, task=None, field=fld, reason=reason)

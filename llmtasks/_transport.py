@@ -8,6 +8,8 @@ is ``unknown`` and must never be resent silently.
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import ipaddress
 from typing import Final, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -54,6 +56,9 @@ class Reply(NamedTuple):
     message: str
     envelope: Envelope | None = None
     body: bytes = b""
+    server_time: float | None = None
+    """The reply's HTTP ``Date`` header as a Unix time (second resolution): the service's
+    "now", for requests that must not name a future time (id_list)."""
 
 
 _decode_envelope = msgspec.json.Decoder(Envelope).decode
@@ -166,7 +171,9 @@ class Transport:
         try:
             async with self._session.request(method, url, data=body) as resp:
                 raw = await resp.read()
-                return classify(resp.status, raw)
+                reply = classify(resp.status, raw)
+                when = parse_http_date(resp.headers.get("Date"))
+                return reply if when is None else reply._replace(server_time=when)
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
             # The connection never opened: nothing reached the service.
             return Reply("retry", None, None, f"cannot connect: {_describe(exc)}")
@@ -174,6 +181,19 @@ class Transport:
             return Reply("unknown", None, None, "no reply before the timeout")
         except aiohttp.ClientError as exc:
             return Reply("unknown", None, None, f"connection lost: {_describe(exc)}")
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP ``Date`` header (``Tue, 01 Dec 2026 02:00:00 GMT``) as a Unix time, or None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 def _describe(exc: BaseException) -> str:

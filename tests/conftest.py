@@ -100,6 +100,16 @@ def _record_every_process_output() -> Iterator[None]:
         subprocess.Popen = original  # type: ignore[misc]
 
 
+@pytest.fixture(autouse=True)
+def _models_cache_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The models list cache (``$XDG_CACHE_HOME/llmtasks``) of every test, CLI runs included,
+    goes to a directory of its own (beside tmp_path, which some tests list): never the
+    user's, never shared between tests, and scanned for credentials with the rest."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remember_tmp_base(tmp_path_factory: pytest.TempPathFactory) -> None:
     _TMP_BASES.append(tmp_path_factory.getbasetemp())

@@ -11,8 +11,15 @@ import orjson
 import pytest
 
 from llmtasks import Submitter
-from llmtasks._collect import Collector, ResultWriter, collect
-from llmtasks._ledger import Ledger, ResultRow
+from llmtasks._collect import (
+    REFUND_NOTE,
+    Collector,
+    GotTask,
+    ResultWriter,
+    collect,
+    result_row,
+)
+from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks.emulator import Emulator, EmulatorConfig
 from tests.conftest import read_jsonl, run_cli, write_prompts
 
@@ -291,3 +298,44 @@ def test_results_file_holds_each_result_once_after_a_crash(tmp_path: Path) -> No
     # The results are in the ledger too, as plain SQL.
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM results WHERE ok = 1").fetchone()[0] == 5
+
+
+def test_tasks_the_service_does_not_know_are_recorded_once_and_never_asked_again(
+    emulator: Any, tmp_path: Path
+) -> None:
+    first = emulator()
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 5)
+    ledger = _submit(first, src)
+    other = emulator()  # another service: none of these task ids exists there
+    args = ("collect", "--ledger", str(ledger), "--base-url", other.url, "--direct", *FAST)
+    r = run_cli(*args)
+    assert r.returncode == 1, r.stderr
+    assert "0 of 5 created tasks collected, 5 failed, 0 waiting" in r.stderr
+    gets = [c for c in other.calls() if "/task_get/" in c["path"]]
+    assert len(gets) == 5  # final answers: not retried
+    again = run_cli(*args)
+    assert [c for c in other.calls() if "/task_get/" in c["path"]] == gets
+    assert again.returncode == 1
+    led = Ledger.open_existing(ledger)
+    try:
+        reasons = {x.reason for x in led.receipts()}
+    finally:
+        led.close()
+    assert reasons == {"task_get: not found on the service (40401)"}
+
+
+@pytest.mark.parametrize(
+    ("code", "note"),
+    [
+        (40401, "task_get: not found on the service (40401)"),
+        (40403, "task_get: the result expired (40403: results are kept 30 days)"),
+        (50000, REFUND_NOTE),
+    ],
+)
+def test_a_failed_task_is_final_with_what_became_of_it(code: int, note: str) -> None:
+    ref = TaskRef(task_id="t1", line=3, tag="x")
+    row = result_row(ref, GotTask(status_code=code, id="t1", status_message="m"), "direct")
+    assert (row.ok, row.status_code, row.result, row.note) == (False, code, None, note)
+    ok = result_row(ref, GotTask(status_code=20000, id="t1"), "direct")
+    assert ok.ok and ok.note is None

@@ -134,8 +134,8 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
         (5, "", "must be a JSON object of task fields, got a list"),
         (6, "", "blank line"),
         (7, "", "blank line"),
-        (8, "max_output_tokens", "must be 16..2048 for non-reasoning model 'gpt-4o'"),
-        (9, "temperature", "is not supported by model 'o1'"),
+        (8, "max_output_tokens", "must be 16..4096 for model 'gpt-4o'"),
+        (9, "temperature", "is not supported by reasoning model 'o1'"),
         (10, "temperature", "must be <= 2.0"),
         (11, "user_prompt", "is required"),
         (12, "message_chain[0].role", "Invalid enum value 'bot'"),
@@ -339,11 +339,11 @@ def test_csv_good_and_bad_rows(tmp_path: Path) -> None:
         (10, "message_chain[0].role", "Invalid enum value 'x'"),
         (11, "", "has 2 cells but the header has 7 columns"),
         (12, "", "blank line"),
-        (13, "max_output_tokens", "must be 16..2048 for non-reasoning model 'gpt-4o'"),
+        (13, "max_output_tokens", "must be 16..4096 for model 'gpt-4o'"),
         (14, "", "is not valid CSV: ',' expected after '\"'"),
         (15, "model_name", "is required (set model_name in the input or give --model)"),
         (16, "user_prompt", "is required"),
-        (17, "temperature", "is not supported by model 'o1'"),
+        (17, "temperature", "is not supported by reasoning model 'o1'"),
         (18, "max_output_tokens", "must be an integer, got '1_000'"),
     ]
     assert got[5].task is not None
@@ -415,16 +415,18 @@ def test_csv_bad_header_fails_the_file(tmp_path: Path, data: bytes, message: str
 
 
 def test_every_task_field_can_be_a_csv_column(tmp_path: Path) -> None:
+    # claude has every field (use_reasoning is not chat_gpt's).
     header = ",".join(StrictTask.__struct_fields__)
     cells = {
         "user_prompt": "q",
-        "model_name": "gpt-4o",
+        "model_name": "claude-sonnet-4",
         "max_output_tokens": "100",
         "temperature": "0.7",
         "top_p": ".5",
         "system_message": "be brief",
         "message_chain": '"[{""role"": ""ai"", ""message"": ""hi""}]"',
         "web_search": "TRUE",
+        "use_reasoning": "false",
         "force_web_search": "1",
         "web_search_country_iso_code": "US",
         "web_search_city": "Boston",
@@ -434,16 +436,17 @@ def test_every_task_field_can_be_a_csv_column(tmp_path: Path) -> None:
     }
     assert set(cells) == set(StrictTask.__struct_fields__)
     row = ",".join(cells[f] for f in StrictTask.__struct_fields__)
-    (il,) = read(write(tmp_path, "in.csv", f"{header}\n{row}\n".encode()))
+    (il,) = read(write(tmp_path, "in.csv", f"{header}\n{row}\n".encode()), engine="claude")
     assert il.task == task(
         "q",
-        "gpt-4o",
+        "claude-sonnet-4",
         max_output_tokens=100,
         temperature=0.7,
         top_p=0.5,
         system_message="be brief",
         message_chain=[{"role": "ai", "message": "hi"}],
         web_search=True,
+        use_reasoning=False,
         force_web_search=True,
         web_search_country_iso_code="US",
         web_search_city="Boston",
@@ -731,7 +734,7 @@ def test_whole_number_floats_are_integers_in_jsonl_and_csv(tmp_path: Path) -> No
         (1, task("a", "gpt-4o", max_output_tokens=512)),
         (2, task("b", "gpt-4o", max_output_tokens=512)),
         (3, "max_output_tokens", "must be an integer, got a number"),
-        (4, "max_output_tokens", "must be 16..2048 for non-reasoning model 'gpt-4o'"),
+        (4, "max_output_tokens", "must be 16..4096 for model 'gpt-4o'"),
         (5, "x", "unknown field"),
     ]
     assert got[0].task is not None and type(got[0].task.max_output_tokens) is int

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from llmtasks._models import ModelCatalog, ModelInfo, base_name, model_warning
+from llmtasks._models import ModelCatalog, ModelInfo, base_name, load_models, model_warning
 from llmtasks._transport import Transport
 from llmtasks.emulator import CATALOGUE, Emulator
 from tests.conftest import run_cli
@@ -22,6 +23,8 @@ def test_models_json_is_the_endpoint_list(emulator: Any, engine: str) -> None:
     assert models == [
         {
             "model_name": m.model_name,
+            # The emulator's catalogue gains its reasoning flags in issue 12's other half.
+            "reasoning": getattr(m, "reasoning", None),
             "web_search_supported": m.web_search_supported,
             "task_post_supported": m.task_post_supported,
         }
@@ -36,8 +39,8 @@ def test_models_table(emulator: Any) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"claude: {len(CATALOGUE['claude'])} models"
-    assert lines[1].split() == ["model_name", "web_search", "task_post"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert lines[1].split() == ["model_name", "reasoning", "web_search", "task_post"]
+    rows = {line.split()[0]: line.split()[2:] for line in lines[2:]}
     assert rows["claude-sonnet-4-20250514"] == ["yes", "yes"]
     assert rows["claude-3-haiku-20240307"] == ["no", "no"]
     default = run_cli("models", "--base-url", emu.url)
@@ -85,3 +88,57 @@ async def test_catalogue_fetches_each_engine_once_per_run() -> None:
             "/v3/ai_optimization/claude/llm_responses/models",
             "/v3/ai_optimization/gemini/llm_responses/models",
         ]
+
+
+async def test_models_list_is_cached_a_day_per_service_and_engine(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    async with Emulator() as emu:
+        async with Transport(base_url=emu.base_url, login="login", password="password") as t:
+            first = await load_models(t, "claude", cache_dir=cache)
+            again = await load_models(t, "claude", cache_dir=cache)
+            other = await load_models(t, "gemini", cache_dir=cache)
+            stale = await load_models(t, "claude", cache_dir=cache, max_age_s=0)
+        paths = [c.path for c in emu.calls]
+    assert (first.source, again.source, other.source, stale.source) == (
+        "service",
+        "cache",
+        "service",
+        "service",
+    )
+    assert again.models == first.models
+    assert paths == [
+        "/v3/ai_optimization/claude/llm_responses/models",
+        "/v3/ai_optimization/gemini/llm_responses/models",
+        "/v3/ai_optimization/claude/llm_responses/models",
+    ]
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and all(f.startswith("models-") for f in files)
+    for f in cache.iterdir():
+        text = f.read_text()
+        assert "password" not in text and "login" not in text
+    # Another service (another port): its own entry, never the first one's list.
+    async with Emulator() as emu2:
+        t2 = Transport(base_url=emu2.base_url, login="login", password="password")
+        async with t2:
+            assert (await load_models(t2, "claude", cache_dir=cache)).source == "service"
+
+
+async def test_models_list_falls_back_to_the_built_in_table(tmp_path: Path) -> None:
+    assert (await load_models(None, "chat_gpt")).source == "built-in"
+    async with Emulator() as emu:
+        base = emu.base_url
+    # The emulator is gone: the call cannot connect.
+    async with Transport(base_url=base, login="login", password="password", timeout_s=2) as t:
+        got = await load_models(t, "gemini", cache_dir=tmp_path)
+    assert got.source == "built-in" and "cannot connect" in got.note
+    assert any(m.model_name == "gemini-2.5-pro" and m.reasoning for m in got.models)
+
+
+def test_a_run_says_when_it_checked_against_the_built_in_table(
+    emulator: Any, tmp_path: Path
+) -> None:
+    emu = emulator("--fail-rate", "1.0")  # every call answers 500: no models list
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"user_prompt": "q", "model_name": "gpt-4.1"}\n')
+    r = run_cli("submit", str(src), "--base-url", emu.url, "--no-preflight", "--max-attempts", "1")
+    assert "models checked against the built-in chat_gpt table" in r.stderr, r.stderr

@@ -93,11 +93,14 @@ async def test_leaving_the_loop_early_records_what_was_in_flight(tmp_path: Path)
         assert all(r.state == "created" for r in rest)
 
 
-def test_a_task_struct_checks_its_cross_field_rules_when_built() -> None:
+def test_a_task_struct_is_checked_by_its_engines_rules() -> None:
+    from llmtasks._rules import TaskRules
     from llmtasks._task import TaskRuleError
 
+    task = Task(user_prompt="a", model_name="claude-sonnet-4", max_output_tokens=8)
+    TaskRules("claude").check(task)  # 1..4096 on claude
     with pytest.raises(TaskRuleError, match="max_output_tokens"):
-        Task(user_prompt="a", model_name="gpt-4o", max_output_tokens=9999)
+        TaskRules("chat_gpt").check(Task(user_prompt="a", model_name="gpt-4o", max_output_tokens=8))
 
 
 def test_bad_configuration_is_refused_up_front() -> None:

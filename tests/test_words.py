@@ -151,7 +151,8 @@ def test_some_summaries_word_for_word() -> None:
         "llmtasks: collect: 1 of 1 created task collected, 1 failed, 1 waiting; 1 poll, "
         "1 task_get call in 3 s",
         "llmtasks: 1 task failed on the service side (their lines have a status_code other "
-        "than 20000 and no result)",
+        "than 20000 and no result; 40401 not found and 40403 expired are final; any other "
+        "failed task is refunded)",
         "llmtasks: 1 line of the ledger is not a created task yet (pending or unknown): "
         "collect does not wait for it",
     ]
