@@ -193,10 +193,18 @@ class TaskRules:
                 raise TaskRuleError("force_web_search", f"is not supported {what}")
         code = task.web_search_country_iso_code
         if code is not None:
-            if engine == "claude" and code not in CLAUDE_COUNTRIES:
+            if engine == "claude" and code.upper() not in CLAUDE_COUNTRIES:
                 raise TaskRuleError(
                     "web_search_country_iso_code",
                     f"{code!r} is not one of claude's 36 codes ({_CLAUDE_CODES})",
+                )
+            if engine == "claude" and code not in CLAUDE_COUNTRIES:
+                # The docs list the codes in capitals and say nothing of case: not certain.
+                where = f" (first on line {line})" if line else ""
+                self.warn_once(
+                    "country code case",
+                    f"web_search_country_iso_code {code!r} is not in capitals as documented; "
+                    f"sent as written, the service decides{where}",
                 )
             if not task.web_search:
                 raise TaskRuleError("web_search_country_iso_code", "needs web_search: true")
