@@ -175,10 +175,12 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--postback-url",
         help="the service POSTs each result here when done; '$id' and '$tag' are filled in "
-        "(quote them: '...?id=$id'); see 'llmtasks receive'",
+        "(quote them: '...?id=$id'); with LLMTASKS_RECEIVE_SECRET set, secret=... is added; "
+        "see 'llmtasks receive'",
     )
     p.add_argument(
-        "--pingback-url", help="the service GETs this when a task is done ('$id', '$tag')"
+        "--pingback-url",
+        help="the service GETs this when a task is done ('$id', '$tag'; secret=... as above)",
     )
     p.add_argument(
         "--shard",
@@ -541,8 +543,8 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             max_task_cost_usd=args.max_task_cost_usd,
             resend_unknown=args.resend_unknown,
             allow_insecure=args.allow_insecure,
-            postback_url=args.postback_url,
-            pingback_url=args.pingback_url,
+            postback_url=_push_url(args.postback_url, "--postback-url"),
+            pingback_url=_push_url(args.pingback_url, "--pingback-url"),
             shard=args.shard,
             throttle=throttle,
         )
@@ -594,6 +596,16 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
         return EXIT_INTERRUPTED
     unfinished = sum(n for state, n in counts.items() if state not in ("created", "skipped"))
     return EXIT_OK if unfinished == 0 else EXIT_INCOMPLETE
+
+
+def _push_url(url: str | None, option: str) -> str | None:
+    """With LLMTASKS_RECEIVE_SECRET set, the URL the service calls carries it for ``receive``."""
+    from llmtasks._receiver import secret_from_env, with_secret
+
+    secret = secret_from_env()
+    if url is None or secret is None:
+        return url
+    return with_secret(url, secret, option=option)
 
 
 def _on_signal(submitter: Any) -> None:
