@@ -53,6 +53,8 @@ DEFAULT_MAX_INFLATED_BYTES: Final = 8 * 1024 * 1024
 # A task_get envelope nests about 12 deep (envelope, tasks, result, items, sections,
 # annotations); 64 leaves room for what the service may add.
 DEFAULT_MAX_DEPTH: Final = 64
+# Arrays and objects in one body: a task's answer has tens to hundreds (its annotations).
+DEFAULT_MAX_CONTAINERS: Final = 50_000
 # The service gives up after 10 s; a request still busy after 30 s is not the service.
 DEFAULT_REQUEST_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_REQUESTS: Final = 4
@@ -130,6 +132,7 @@ class Receiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        max_containers: int = DEFAULT_MAX_CONTAINERS,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         max_requests: int = DEFAULT_MAX_REQUESTS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -149,6 +152,7 @@ class Receiver:
             ("max body bytes", max_body_bytes),
             ("max inflated bytes", max_inflated_bytes),
             ("max depth", max_depth),
+            ("max containers", max_containers),
             ("max requests", max_requests),
             ("max connections", max_connections),
         ):
@@ -165,6 +169,7 @@ class Receiver:
             max_body_bytes=max_body_bytes,
             max_inflated_bytes=max_inflated_bytes,
             max_depth=max_depth,
+            max_containers=max_containers,
         )
         self._request_timeout_s = request_timeout_s
         self._max_requests = max_requests

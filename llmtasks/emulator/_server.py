@@ -32,6 +32,7 @@ from llmtasks._task import (
 )
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._guard import MAX_BODY_BYTES, guard
 from llmtasks.emulator._models import CATALOGUE, RESOLVE, Model
 from llmtasks.emulator._postback import Delivery, PushSender, push_url
 from llmtasks.emulator._results import llm_result
@@ -238,7 +239,7 @@ class Emulator:
         return decoded == f"{self._config.login}:{self._config.password}"
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
         llm = "/v3/ai_optimization/{se}/llm_responses"
         api = self._api
         app.router.add_post(f"{llm}/task_post", api("main", self._task_post))
