@@ -67,12 +67,12 @@ def json_within(data: bytes, *, max_depth: int, max_containers: int) -> str | No
 class _Inflater:
     """Collects a body as it arrives, inflating it when it is gzip (or deflate)."""
 
-    def __init__(self, encoding: str, *, max_inflated_bytes: int) -> None:
+    def __init__(self, encoding: str, *, max_inflated_bytes: int, sniff_gzip: bool) -> None:
         self._limit = max_inflated_bytes
         self._out = bytearray()
         self._head = b""
         self._z: zlib._Decompress | None = None
-        self._decided = False
+        self._decided = not sniff_gzip
         if encoding in _WBITS:
             self._z = zlib.decompressobj(_WBITS[encoding])
             self._decided = True
@@ -126,17 +126,19 @@ async def read_body(
     max_inflated_bytes: int,
     max_depth: int,
     max_containers: int,
+    sniff_gzip: bool = True,
 ) -> bytes:
     """The request's body, inflated, or ``Refused``: 413 for more than ``max_body_bytes`` on
     the wire or ``max_inflated_bytes`` inflated, 400 for broken compression or JSON beyond
-    ``json_within``'s bounds, 415 for an encoding other than gzip or deflate."""
+    ``json_within``'s bounds, 415 for an encoding other than gzip or deflate. With
+    ``sniff_gzip`` a body that starts like gzip is inflated without a Content-Encoding."""
     length = request.content_length
     if length is not None and length > max_body_bytes:
         raise Refused(413, f"body larger than {max_body_bytes} bytes")
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity", "deflate", *_WBITS):
         raise Refused(415, "unsupported Content-Encoding")
-    inflater = _Inflater(encoding, max_inflated_bytes=max_inflated_bytes)
+    inflater = _Inflater(encoding, max_inflated_bytes=max_inflated_bytes, sniff_gzip=sniff_gzip)
     received = 0
     while chunk := await request.content.read(_READ_CHUNK):
         received += len(chunk)

@@ -165,12 +165,10 @@ class Receiver:
         self._host = host
         self._port = port
         self._secret = None if secret is None else secret.encode()
-        self._limits = dict(
-            max_body_bytes=max_body_bytes,
-            max_inflated_bytes=max_inflated_bytes,
-            max_depth=max_depth,
-            max_containers=max_containers,
-        )
+        self._max_body_bytes = max_body_bytes
+        self._max_inflated_bytes = max_inflated_bytes
+        self._max_depth = max_depth
+        self._max_containers = max_containers
         self._request_timeout_s = request_timeout_s
         self._max_requests = max_requests
         self._max_connections = max_connections
@@ -273,7 +271,13 @@ class Receiver:
         assert self._slots is not None
         try:
             async with asyncio.timeout(self._request_timeout_s), self._slots:
-                body = await read_body(request, **self._limits)
+                body = await read_body(
+                    request,
+                    max_body_bytes=self._max_body_bytes,
+                    max_inflated_bytes=self._max_inflated_bytes,
+                    max_depth=self._max_depth,
+                    max_containers=self._max_containers,
+                )
             try:
                 tasks = _decode_postback(body).tasks
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):

@@ -18,7 +18,9 @@ import pytest
 # Distinctive, so that tests can grep every output for them.
 LOGIN = "test-login-7f3a"
 PASSWORD = "pw-9c1e-never-print-me"
-SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode())
+# The receiver's shared secret (LLMTASKS_RECEIVE_SECRET) must not leak either.
+RECEIVE_SECRET = "rs-5e8d-never-log-me-either"
+SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode(), RECEIVE_SECRET)
 
 # Everything the CLI printed in this session; scanned for SECRETS when the session ends.
 _OUTPUTS: list[str] = []
@@ -40,7 +42,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 if any(s.encode() in data for s in SECRETS):
                     leaks.append(str(path))
     if leaks:
-        print("\nCREDENTIAL LEAK: the test password appeared in:\n  " + "\n  ".join(leaks))
+        print("\nCREDENTIAL LEAK: a test secret appeared in:\n  " + "\n  ".join(leaks))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

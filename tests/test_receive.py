@@ -19,13 +19,13 @@ from tests.conftest import _OUTPUTS, cli_env, read_jsonl, run_cli
 
 
 class ReceiverProcess:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finish())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmtasks", "receive", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=cli_env(),
+            env=cli_env() if env is None else env,
             text=True,
         )
         assert self.proc.stdout is not None
@@ -55,8 +55,8 @@ class ReceiverProcess:
 def receiver() -> Iterator[Any]:
     started: list[ReceiverProcess] = []
 
-    def start(*args: str) -> ReceiverProcess:
-        r = ReceiverProcess(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> ReceiverProcess:
+        r = ReceiverProcess(*args, env=env)
         started.append(r)
         return r
 

@@ -1,9 +1,11 @@
 """Hostile bodies get a clean answer: the emulator is also a server people run.
 
-One middleware in front of every route reads the body (aiohttp stops at ``client_max_size``,
-inflated size included, and answers 413), then refuses, as the service does for JSON it
-cannot read (40503 "Invalid POST data."), a body that is not UTF-8 or that nests beyond
-what any endpoint takes, before a decoder can recurse into it.
+One middleware in front of every route reads the body itself, a chunk at a time, with the
+same bounds as ``llmtasks receive`` (``_inbound.read_body``: size as sent, size inflated,
+JSON nesting and count of arrays and objects), and refuses what breaks them before any
+decoder sees it: 413 for too large, and for the rest what the service answers to JSON it
+cannot read, 40503 "Invalid POST data.". aiohttp's own inflating is turned off (see
+``Emulator.start``): its buffers are not bounded the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from llmtasks._inbound import json_within
+from llmtasks._inbound import Refused, read_body
 from llmtasks.emulator import _wire as w
 
 # 100 tasks of 500-character fields, message chains of 10 and \u escapes stay far below.
@@ -32,21 +34,27 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.body_exists:
         started = time.perf_counter()
         try:
-            body = await request.read()  # cached: the handler's read() gets the same bytes
-        except aiohttp.ClientPayloadError:  # broken gzip or chunking
-            return _invalid(started, 400)
-        try:
+            body = await read_body(
+                request,
+                max_body_bytes=MAX_BODY_BYTES,
+                max_inflated_bytes=MAX_BODY_BYTES,
+                max_depth=MAX_DEPTH,
+                max_containers=MAX_CONTAINERS,
+                sniff_gzip=False,
+            )
             body.decode("utf-8")
+        except Refused as refused:
+            if refused.status == 400:
+                return _invalid(started)
+            return web.Response(status=refused.status, text=refused.reason + "\n")
         except UnicodeDecodeError:
             return _invalid(started)
-        if json_within(body, max_depth=MAX_DEPTH, max_containers=MAX_CONTAINERS) is not None:
-            return _invalid(started)
+        except (aiohttp.ClientError, OSError):
+            return web.Response(status=400, text="connection lost while reading the body\n")
+        # What request.read() returns from now on: the handlers read the body as before.
+        request._read_bytes = body
     return await handler(request)
 
 
-def _invalid(started: float, http_status: int = 200) -> web.Response:
-    return web.Response(
-        status=http_status,
-        body=w.envelope(w.INVALID_POST, started),
-        content_type="application/json",
-    )
+def _invalid(started: float) -> web.Response:
+    return web.Response(body=w.envelope(w.INVALID_POST, started), content_type="application/json")

@@ -188,7 +188,10 @@ class Emulator:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        # Bodies are inflated by _guard, within bounds; aiohttp's own inflating is not.
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
+        )
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:
@@ -288,7 +291,7 @@ class Emulator:
             elif cfg.fail_rate and rng.random() < cfg.fail_rate:
                 reply = Reply(500, None, b"500 Internal Server Error", content_type="text/plain")
             else:
-                body = await request.read() if request.can_read_body else b""
+                body = await request.read() if request.body_exists else b""
                 reply = handler(request, body, now, started)
                 drop = bool(cfg.drop_rate) and rng.random() < cfg.drop_rate
             return await self._answer(request, reply, now, cfg, drop=drop)
