@@ -189,3 +189,62 @@ def test_receiver_answers_foreign_and_broken_deliveries(
     results = read_jsonl(out)
     assert [(r["line"], r["task_id"]) for r in results] == [(2, task_id)]
     assert "1 results stored, 1 duplicates, 2 not in the ledger" in recv.stderr
+
+
+def test_submit_and_receive_share_a_secret(emulator: Any, receiver: Any, tmp_path: Path) -> None:
+    from tests.conftest import RECEIVE_SECRET
+
+    emu = emulator("--completion-delay", "0.5")
+    ledger = tmp_path / "run.sqlite"
+    out = tmp_path / "results.jsonl"
+    env = cli_env(LLMTASKS_RECEIVE_SECRET=RECEIVE_SECRET)
+    recv = receiver(
+        "--ledger", str(ledger), "--out", str(out), "--base-url", emu.url, "--until-done",
+        env=env,
+    )  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    _write(src, 20, model_name="gpt-4.1-mini")
+    url = f"{recv.url}/postback?id=$id&tag=$tag"
+    sub = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), "--postback-url", url,
+        env=env,
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    assert recv.finish(120) == 0, recv.stderr
+    _check_matched(read_jsonl(out), emu.created())
+    # The service was given the URL with the secret added, and nobody else saw it.
+    deliveries = _get(emu.url + "/_emulator/deliveries")
+    assert len(deliveries) == 20 and all(d["ok"] for d in deliveries)
+    assert all(d["url"].endswith(f"&secret={RECEIVE_SECRET}") for d in deliveries)
+    assert "20 results stored" in recv.stderr and "0 without the secret" in recv.stderr
+    assert RECEIVE_SECRET not in sub.stdout + sub.stderr + recv.stderr
+
+
+def test_secret_settings_that_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    _write(src, 1, model_name="gpt-4.1-mini")
+    ledger = str(tmp_path / "l.sqlite")
+    short = "short-secret"
+    for args, env, message in [
+        (["receive", "--ledger", ledger, "--host", "0.0.0.0"], {}, "without a secret"),
+        (["receive", "--ledger", ledger], {"LLMTASKS_RECEIVE_SECRET": short}, "16 to 256"),
+        (
+            ["receive", "--ledger", ledger, "--no-secret"],
+            {"LLMTASKS_RECEIVE_SECRET": "s" * 20},
+            "choose one",
+        ),
+        (
+            ["submit", str(src), "--emulate", "--postback-url", "http://127.0.0.1:1/p?id=$id"],
+            {"LLMTASKS_RECEIVE_SECRET": short},
+            "16 to 256",
+        ),
+        (
+            ["submit", str(src), "--emulate", "--postback-url", "http://h/p?secret=x&id=$id"],
+            {"LLMTASKS_RECEIVE_SECRET": "s" * 20},
+            "already has a secret",
+        ),
+    ]:
+        result = run_cli(*args, env=cli_env(**env))
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert short not in result.stderr and "s" * 20 not in result.stderr
