@@ -355,7 +355,7 @@ class Receiver:
         try:
             await collector.fetch([ref], via="pingback")
         except Exception as exc:  # a background fetch must not take the server down
-            log.warning("task_get %s after its pingback: %s", ref.task_id, exc)
+            log.warning("task_get %s after its pingback: %s", printable(ref.task_id), exc)
             return
         ledger = collector.ledger
         if ledger is not None:

@@ -15,6 +15,7 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,11 @@ def test_hostile_deliveries_are_refused_and_a_genuine_one_lands(
                 404,
             ),
         ]
+        # Many at once: each waits its turn or is read within the same bounds.
+        with ThreadPoolExecutor(12) as pool:
+            bodies = [gzip_bomb] * 6 + [b"[" * (3 * MB)] * 6
+            burst = list(pool.map(lambda b: request(port, ok, b, headers=gz), bodies))
+        assert sorted(burst) == [400] * 6 + [413] * 6, burst
         wrong_answers = [(name, got, want) for name, got, want in refusals if got != want]
         # Headers over aiohttp's limits: its parser answers 400 and closes, and the close
         # (with our unread body in its buffer) may reset the connection before we read it.
