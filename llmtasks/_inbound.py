@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import zlib
 from array import array
@@ -20,6 +21,7 @@ from itertools import accumulate
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _READ_CHUNK: Final = 64 * 1024
@@ -161,6 +163,32 @@ def printable(text: str, *, limit: int = 80) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse as an error with a traceback quoting the
+    sender's bytes: on a public port that is anyone's to fill. Those become one info line
+    (shown with -v) naming the kind of error; anything else keeps its level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = (
+            "refused a malformed request (%s, HTTP %d)",
+            (
+                type(exc).__name__,
+                exc.code,
+            ),
+        )
+        record.exc_info = record.exc_text = None
+        return _HTTP_LOG.isEnabledFor(logging.INFO)
+
+
+# A child of "llmtasks": the CLI's handler and level apply to it.
+_HTTP_LOG: Final = logging.getLogger("llmtasks.http")
+_HTTP_LOG.addFilter(_MalformedRequests())
+
+
 class Listener:
     """Serves ``app`` on ``host:port`` to clients that may be hostile.
 
@@ -198,6 +226,7 @@ class Listener:
             lingering_time=1.0,
             read_bufsize=_READ_CHUNK,
             auto_decompress=False,
+            logger=_HTTP_LOG,
         )
         self._busy_since: dict[object, float] = {}
         self._tcp: asyncio.Server | None = None

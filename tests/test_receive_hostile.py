@@ -287,7 +287,8 @@ def test_hostile_deliveries_are_refused_and_a_genuine_one_lands(
     assert "1 results stored" in recv.stderr and "5 without the secret" in recv.stderr
     # Logged without bodies, and with what the sender chose escaped: no forged log line, no
     # terminal escape, no secret.
-    assert "\x1b" not in recv.stderr
+    assert "\x1b" not in recv.stderr and "Traceback" not in recv.stderr
+    assert "refused a malformed request (LineTooLong, HTTP 400)" in recv.stderr
     assert not any(line.startswith("llmtasks: info: stored") for line in recv.stderr.splitlines())
     assert not any(line.startswith("llmtasks: x") for line in recv.stderr.splitlines())
     assert "refused a delivery (HTTP 403)" in recv.stderr and "'evil\\n" in recv.stderr
