@@ -103,3 +103,17 @@ async def test_connections_are_capped_and_slow_clients_cut_off(tmp_path: Path) -
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
         writer.close()
     assert receiver.stats.stored == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h/p?id=$id&tag=$tag", "https://h/p?id=$id&tag=$tag&secret=S3cr3t-0123456789"),
+        ("https://h/p", "https://h/p?secret=S3cr3t-0123456789"),
+        ("http://h:8080/p?id=$id#frag", "http://h:8080/p?id=$id&secret=S3cr3t-0123456789#frag"),
+    ],
+)
+def test_submit_adds_the_secret_to_the_query(url: str, expected: str) -> None:
+    from llmtasks._receiver import with_secret
+
+    assert with_secret(url, "S3cr3t-0123456789", option="--postback-url") == expected

@@ -248,3 +248,22 @@ def test_secret_settings_that_are_refused(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert short not in result.stderr and "s" * 20 not in result.stderr
+
+
+def test_max_body_bounds_what_is_read_and_what_is_inflated(receiver: Any, tmp_path: Path) -> None:
+    recv = receiver("--ledger", str(tmp_path / "none.sqlite"), "--max-body", "1K")
+
+    def post(body: bytes) -> int:
+        req = urllib.request.Request(recv.url + "/postback", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # loopback only
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert post(b"{" + b" " * 2000 + b"}") == 413  # 2 KB as sent
+    assert post(gzip.compress(b"{" + b" " * 3000 + b"}")) == 413  # 40 bytes, 3 KB inflated
+    assert post(gzip.compress(b'{"tasks": []}')) == 400  # within bounds, not an envelope
+    recv.proc.terminate()
+    assert recv.finish(30) == 0
+    assert "3 refused in all" in recv.stderr
