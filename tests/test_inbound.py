@@ -28,6 +28,8 @@ from llmtasks._inbound import json_within
         (b"[" * 200_000, "more than"),  # truncated: still refused, no recursion
         (b"[" + b"{}," * 60_000 + b"{}]", "more than"),  # wide, not deep
         (b"[" * 70, "nested deeper"),
+        (b"[" * 100 + b'"' * 8_000_000, "JSON strings"),  # 8 MB of quotes: counted, not parsed
+        (b"[" * 100 + b'\\"' * 200_000, "JSON strings"),
         # Brackets inside strings, escaped quotes and backslashes are not nesting.
         (json.dumps(["[" * 100, {"k": '\\"]]]]' * 30}, "{" * 90]).encode(), None),
         (b'["\\\\", [[[["\\"[[[[[["]]]]]', None),
