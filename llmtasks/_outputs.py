@@ -33,10 +33,18 @@ _encode = msgspec.json.Encoder().encode
 
 
 def write_jsonl(
-    path: str | os.PathLike[str], ledger: Ledger, *, states: set[str] | None = None
+    path: str | os.PathLike[str],
+    ledger: Ledger,
+    *,
+    states: set[str] | None = None,
+    empty: bool = True,
 ) -> int:
     """One JSON object per line, in input order. Written to a temporary file, then renamed,
-    so a reader never sees half a file. Returns the number of lines written."""
+    so a reader never sees half a file. Returns the number of lines written.
+
+    ``empty=False``: with nothing to write there is no file, and a file left at ``path`` by
+    an earlier run is removed (the ledger, which these files are rebuilt from, no longer
+    backs it)."""
     n = 0
     with _atomic(path) as out:
         buf: list[bytes] = []
@@ -48,6 +56,8 @@ def write_jsonl(
                 buf.clear()
         if buf:
             out.write(b"\n".join(buf) + b"\n")
+    if n == 0 and not empty and os.fspath(path) != "-":
+        Path(path).unlink(missing_ok=True)
     return n
 
 

@@ -29,8 +29,9 @@ from llmtasks._errors import (
     LlmtasksError,
     ServiceError,
 )
-from llmtasks._input import InputLine, record_digest
+from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger, NewLine
+from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._task import (
@@ -39,7 +40,6 @@ from llmtasks._task import (
     Task,
     TaskRuleError,
     check_rules,
-    decode_task,
     explain,
 )
 from llmtasks._throttle import (
@@ -57,6 +57,7 @@ from llmtasks._transport import (
     describe_code,
     stop_error,
 )
+from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
 
@@ -81,6 +82,8 @@ class RunStats:
     cost_usd: float = 0.0
     by_state: dict[str, int] = field(default_factory=dict)
     ended: float | None = None
+    window: CallWindow = field(default_factory=lambda: CallWindow(limit=2000, period_s=60.0))
+    """Calls in the last period of the rate limit (what progress and summary show)."""
 
     @property
     def elapsed_s(self) -> float:
@@ -88,7 +91,13 @@ class RunStats:
 
     @property
     def calls_per_minute(self) -> float:
+        """The average over the whole session: not a count in any window (see ``window``)."""
         return self.calls / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
+
+    def note_call(self, at: float) -> None:
+        """One call (retries too), made at ``at`` on ``time.monotonic()``'s clock."""
+        self.calls += 1
+        self.window.note(at)
 
     def count(self, state: str, n: int = 1) -> None:
         self.by_state[state] = self.by_state.get(state, 0) + n
@@ -189,7 +198,7 @@ class Submitter:
         self._ledger_arg = ledger
         self._input_name = input_name
         self.ledger: Ledger | None = None
-        self.stats = RunStats()
+        self.stats = RunStats(window=CallWindow(limit=rate, period_s=period_s))
         self._stop_reason: LlmtasksError | None = None
         self._error: Exception | None = None
         self._interrupted = False
@@ -221,17 +230,18 @@ class Submitter:
         found = self.ledger.recover_interrupted()
         if found:
             log.warning(
-                "%d line(s) were being sent when an earlier run stopped: marked unknown, "
-                "not resent (run 'llmtasks reconcile' to look them up)",
-                found,
+                "%s being sent when an earlier run stopped: marked unknown, not resent (run "
+                "'llmtasks reconcile' to look %s up)",
+                count(found, "line"),
+                "it" if found == 1 else "them",
             )
         if self.resend_unknown:
             n = self.ledger.requeue_unknown()
             if n:
                 log.warning(
-                    "--resend-unknown: sending %d unknown line(s) again; any that the service "
-                    "did create will be charged and answered twice",
-                    n,
+                    "--resend-unknown: sending %s again; any that the service did create "
+                    "will be charged and answered twice",
+                    count(n, "unknown line"),
                 )
         await self.transport.__aenter__()
         return self
@@ -255,13 +265,24 @@ class Submitter:
     async def __aexit__(self, *exc: object) -> None:
         # An async generator left by ``break`` is closed only when collected: finish it here,
         # before the connection closes under its calls in flight.
-        await self._drain()
-        await self.transport.__aexit__()
-        if self.ledger is not None:
+        # Each step even when the one before failed (an abort cancels the drain): the
+        # connection closed, the session recorded, the ledger closed and its lock file gone.
+        try:
+            await self._drain()
+        finally:
+            try:
+                await self.transport.__aexit__()
+            finally:
+                if self.ledger is not None:
+                    self._close_ledger(self.ledger)
+
+    def _close_ledger(self, ledger: Ledger) -> None:
+        try:
             self.stats.ended = self.stats.ended or time.monotonic()
-            self.ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+            ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+        finally:
             if not isinstance(self._ledger_arg, Ledger):
-                self.ledger.close()
+                ledger.close()
 
     def stop(self) -> None:
         """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record.
@@ -343,9 +364,9 @@ class Submitter:
             if worst > balance:
                 log.warning(
                     "the balance ($%.2f) cannot cover the worst case of this input "
-                    "(%d tasks × $%.4f = $%.2f): the run will stop when it runs out",
+                    "(%s × $%.4f = $%.2f): the run will stop when it runs out",
                     balance,
-                    tasks_hint,
+                    count(tasks_hint, "task"),
                     self.max_task_cost_usd,
                     worst,
                 )
@@ -394,7 +415,7 @@ class Submitter:
                 if prior is not None and prior[0] != il.digest:
                     raise self._changed(f"line {il.line} is not the line recorded")
         if seen < last_known:
-            raise self._changed(f"it has {seen} lines, the ledger recorded {last_known}")
+            raise self._changed(f"it has {count(seen, 'line')}, the ledger recorded {last_known:,}")
 
     def _changed(self, what: str) -> InputError:
         assert self.ledger is not None
@@ -554,6 +575,8 @@ class Submitter:
                 except asyncio.CancelledError:
                     if not self._cut_short():
                         raise
+                # Taken at admission: the limiter's windows are counted from there.
+                called_at = time.monotonic()
                 if self._halted():
                     await self._leave_pending(batch, "not sent: the run stopped")
                     return
@@ -566,7 +589,7 @@ class Submitter:
                     return
                 self._reserved_usd += worst
                 batch_id = ledger.mark_sending(lines)
-                self.stats.calls += 1
+                self.stats.note_call(called_at)
                 try:
                     reply = await self.transport.post(self.path, body)
                 finally:
@@ -757,7 +780,7 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
     fingerprint = record_digest(raw)
     try:
-        task = decode_task(raw, strict=True)
+        task = decode_user_task(raw)
         if task.model_name is None and default_model:
             task = msgspec.structs.replace(task, model_name=default_model)
         check_rules(task, require_model=True)

@@ -284,7 +284,7 @@ def test_hostile_deliveries_are_refused_and_a_genuine_one_lands(
     finally:
         recv.proc.terminate()
         assert recv.finish(30) == 0, recv.stderr
-    assert "1 results stored" in recv.stderr and "5 without the secret" in recv.stderr
+    assert "1 result stored" in recv.stderr and "5 without the secret" in recv.stderr
     # Logged without bodies, and with what the sender chose escaped: no forged log line, no
     # terminal escape, no secret.
     assert "\x1b" not in recv.stderr and "Traceback" not in recv.stderr
