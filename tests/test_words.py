@@ -163,5 +163,6 @@ def test_some_summaries_word_for_word() -> None:
     )
     assert _receive_text(1) == (
         "llmtasks: receive: 1 postback, 1 pingback, 1 result stored, 1 duplicate, 1 not in "
-        "the ledger; no results yet (none written to /nonexistent/results.jsonl)"
+        "the ledger, 1 without the secret, 1 refused in all; no results yet (none written to "
+        "/nonexistent/results.jsonl)"
     )
