@@ -154,7 +154,7 @@ def test_tasks_unknown_to_the_service_are_reported_failed(emulator: Any, tmp_pat
     assert "failed on the service side" in result.stderr
     results = read_jsonl(tmp_path / "in.jsonl.results.jsonl")
     assert sorted(r["line"] for r in results) == list(range(1, 31))
-    assert all(r["status_code"] == 40400 and r["result"] is None for r in results)
+    assert all(r["status_code"] == 40401 and r["result"] is None for r in results)
     # Failed is final: a --wait run does not wait for them.
     again = run_cli("collect", "--ledger", str(ledger), "--base-url", other.url, "--wait", *FAST)
     assert again.returncode == 1 and "0 waiting" in again.stderr
