@@ -537,6 +537,29 @@ class Ledger:
             )
         )
 
+    def results_by_line(self) -> Iterator[CollectedRow]:
+        """Every collected task (failed ones too), in input-line order, streamed.
+
+        Walks ``lines`` in key order and finds each result by its task id (an index; CROSS
+        JOIN keeps SQLite from choosing the other order, which would sort every result
+        text), so nothing grows with the ledger. ``engine`` is the line's own when the
+        ledger has a per-line engine column, else the ledger's."""
+        self.ensure_results()
+        per_line = any(row[1] == "engine" for row in self._db.execute("PRAGMA table_info(lines)"))
+        engine = "l.engine" if per_line else "?"
+        args: tuple[Any, ...] = () if per_line else (self.engine,)
+        order = "l.line, l.engine" if per_line else "l.line"
+        cur = self._db.execute(
+            f"SELECT l.line, {engine}, l.tag, l.task_id, l.digest, l.cost, r.status_code, "
+            "r.status_message, r.result, r.at, b.sent_at FROM lines l "
+            "CROSS JOIN results r ON r.task_id = l.task_id "
+            "LEFT JOIN batches b ON b.batch_id = l.batch_id "
+            f"WHERE l.state = 'created' AND l.collected != 0 ORDER BY {order}",
+            args,
+        )
+        for row in cur:
+            yield CollectedRow(*row)
+
     def output_mark(self, path: str) -> tuple[int, int] | None:
         """(last result seq, file size) written to the results file ``path``."""
         row = self._db.execute(
@@ -620,6 +643,24 @@ class TaskRef(NamedTuple):
     line: int
     tag: str | None
     collected: int = 0
+
+
+class CollectedRow(NamedTuple):
+    """A created line with its stored result, for exports and the report. ``result`` is
+    the task's ``result`` JSON (None for a task that failed on the service); ``collected_at``
+    and ``sent_at`` are unix seconds (when the result was stored, when its POST left)."""
+
+    line: int
+    engine: str
+    tag: str | None
+    task_id: str
+    digest: bytes
+    cost: float | None
+    status_code: int | None
+    status_message: str | None
+    result: str | None
+    collected_at: float
+    sent_at: float | None
 
 
 class ResultRow(NamedTuple):

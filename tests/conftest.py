@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+# pytest imports this file as ``conftest`` and the tests import it as ``tests.conftest``: one
+# module object for both names, or what the tests record would go to a copy nobody scans.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 
 # Distinctive, so that tests can grep every output for them.
 LOGIN = "test-login-7f3a"
@@ -25,6 +33,73 @@ SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode(), 
 # Everything the CLI printed in this session; scanned for SECRETS when the session ends.
 _OUTPUTS: list[str] = []
 _TMP_BASES: list[Path] = []
+# Every byte every child process wrote to a pipe, /dev/null or the terminal: (command, bytes).
+_STREAMS: list[tuple[str, bytearray]] = []
+
+
+class _RecordedPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """``subprocess.Popen`` (and so ``subprocess.run``) for the whole session, with every
+    stdout and stderr recorded for the credential scan, read by the test or not.
+
+    A pipe is teed: the child writes to a pipe that a thread drains into ``_STREAMS`` and
+    forwards to the pipe the test reads (the same file object as without the tee). Output
+    sent to /dev/null or inherited goes to a pipe that the thread only drains. Outputs to a
+    file or a terminal the test opened are the test's to hand to the scan (``_OUTPUTS``).
+    """
+
+    def __init__(self, args: Any, *rest: Any, **kw: Any) -> None:
+        assert not rest, "pass Popen's options by keyword"
+        discard = set()
+        for name in ("stdout", "stderr"):
+            if kw.get(name) in (None, subprocess.DEVNULL):
+                kw[name] = subprocess.PIPE
+                discard.add(name)
+        super().__init__(args, **kw)
+        command = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
+        for name in ("stdout", "stderr"):
+            stream = getattr(self, name)
+            if stream is None:
+                continue
+            sink = bytearray()
+            _STREAMS.append((f"{name} of {command[:200]}", sink))
+            fd = stream.fileno()
+            child = os.dup(fd)  # the child's end, drained by the pump
+            if name in discard:
+                stream.close()
+                setattr(self, name, None)
+                forward = None
+            else:
+                read_end, forward = os.pipe()
+                os.dup2(read_end, fd, inheritable=False)  # the test now reads the pump's copy
+                os.close(read_end)
+            threading.Thread(target=_pump, args=(child, forward, sink), daemon=True).start()
+
+
+def _pump(child: int, forward: int | None, sink: bytearray) -> None:
+    with os.fdopen(child, "rb", buffering=0) as source:
+        while chunk := source.read(65536):
+            sink += chunk
+            if forward is None:
+                continue
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(forward, view) :]
+            except OSError:  # the test closed its end: keep draining, for the scan
+                os.close(forward)
+                forward = None
+    if forward is not None:
+        os.close(forward)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_every_process_output() -> Iterator[None]:
+    original = subprocess.Popen
+    subprocess.Popen = _RecordedPopen  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        subprocess.Popen = original  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,18 +107,120 @@ def _remember_tmp_base(tmp_path_factory: pytest.TempPathFactory) -> None:
     _TMP_BASES.append(tmp_path_factory.getbasetemp())
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """No credential in any output, log, ledger, receipt or file of the whole suite."""
-    leaks = [f"CLI output: {text[:200]!r}" for text in _OUTPUTS if any(s in text for s in SECRETS)]
+def find_leaks(secrets: tuple[str, ...]) -> list[str]:
+    """Where any of ``secrets`` appears: process outputs, and files under the temp dirs."""
+    leaks = [f"CLI output: {text[:200]!r}" for text in _OUTPUTS if any(s in text for s in secrets)]
+    leaks += [what for what, data in _STREAMS if any(s.encode() in data for s in secrets)]
     for base in _TMP_BASES:
         for path in base.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
                 data = path.read_bytes()
-                if any(s.encode() in data for s in SECRETS):
+                if any(s.encode() in data for s in secrets):
                     leaks.append(str(path))
+    return leaks
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No credential in any output, log, ledger, receipt or file of the whole suite."""
+    leaks = find_leaks(SECRETS)
     if leaks:
         print("\nCREDENTIAL LEAK: a test secret appeared in:\n  " + "\n  ".join(leaks))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def under_ci() -> bool:
+    """``CI=true``, as .ci/run sets it (and most CI services do)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def require(program: str) -> None:
+    """Skip the tests that need ``program`` (at module level: the whole module) when it is
+    missing; under CI fail instead, so that a CI run cannot pass green without them."""
+    if shutil.which(program) is not None:
+        return
+    message = f"{program} is not installed (.ci/run installs the Debian package {program})"
+    if under_ci():
+        pytest.fail(f"{message}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str) -> None:
+    """``pytest.importorskip`` that fails under CI."""
+    try:
+        __import__(name)
+    except ImportError:
+        if under_ci():
+            pytest.fail(f"the Python module {name} is missing (CI=true)", pytrace=False)
+        pytest.skip(f"the Python module {name} is missing", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1, without persistence; ``kill()`` and ``start()`` again
+    on the same port simulate a crash and a restart that lost every key."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class EmulatorProcess:

@@ -91,6 +91,20 @@ def test_memory_benchmark(tmp_path: Path) -> None:
     assert all(r["max_rss_mb"] > 0 for r in summary["runs"])
 
 
+def test_export_benchmark(tmp_path: Path) -> None:
+    summary = run_bench(
+        "bench_export.py", "--sizes", "500", "1500", "--formats", "csv", results=tmp_path
+    )
+    runs = [(r["table"], r["results"], r["rows"]) for r in summary["runs"]]
+    assert runs == [
+        ("results", 500, 500),
+        ("citations", 500, 1500),
+        ("results", 1500, 1500),
+        ("citations", 1500, 4500),
+    ]
+    assert all(r["max_rss_mb"] > 0 and r["out_mb"] >= 0 for r in summary["runs"])
+
+
 def test_latency_benchmark(tmp_path: Path) -> None:
     summary = run_bench(
         "bench_latency.py", "--latencies", "0.05", "--duration", "1", results=tmp_path

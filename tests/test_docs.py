@@ -17,8 +17,22 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import LOGIN, PASSWORD, RedisServer, require
+
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("submit", "reconcile", "collect", "models", "receive", "status", "export", "emulate")
+# The Redis the docs' examples name; the test puts its own loopback redis-server in its place.
+DOC_REDIS = "redis://127.0.0.1:6379"
+COMMANDS = (
+    "submit",
+    "reconcile",
+    "collect",
+    "models",
+    "receive",
+    "status",
+    "export",
+    "report",
+    "emulate",
+)
 
 
 def _help(*args: str) -> str:
@@ -63,12 +77,16 @@ def _commands(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("doc", _doc_files(), ids=lambda p: p.name)
-def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> None:
+def test_every_documented_command_runs(
+    doc: Path, emulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Run each ``$ command`` of a document in one shell session, against an emulator.
 
     The environment points the commands at the emulator (LLMTASKS_BASE_URL and its
     credentials), ``prompts.jsonl`` is the example input and has been submitted once, and
-    servers run on a free port for a few seconds.
+    servers run on a free port for a few seconds. A document that names the Redis of its
+    examples (``redis://127.0.0.1:6379``) gets a redis-server of its own on a free loopback
+    port in its place, and the test checks that the commands used it.
     """
     commands = _commands(doc.read_text())
     if not commands:
@@ -76,10 +94,16 @@ def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> N
     # Never let a documented command reach past this machine: a runnable example that names a
     # service must name loopback (the others belong in ```sh blocks, which are not run).
     for cmd in commands:
-        for url in re.findall(r"--(?:base-url|limiter)[ =](\S+)", cmd):
+        cmd = cmd.split("  #")[0]
+        for url in re.findall(r"(?:--base-url|--limiter|LLMTASKS_LIMITER)[ =](\S+)", cmd):
             host = urlsplit(url.strip("'\"")).hostname or ""
             assert host in ("127.0.0.1", "localhost", "::1"), f"{doc.name}: {cmd}"
-    emu = emulator("--login", "login", "--password", "password", "--completion-delay", "0.2")
+    redis = None
+    if any(DOC_REDIS in cmd for cmd in commands):
+        require("redis-server")
+        redis = RedisServer(tmp_path)
+        request.addfinalizer(redis.stop)
+    emu = emulator("--login", LOGIN, "--password", PASSWORD, "--completion-delay", "0.2")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     shutil.copy(ROOT / "examples" / "prompts.jsonl", tmp_path / "prompts.jsonl")
     # Commands that read a ledger assume a run of prompts.jsonl happened: it has.
@@ -90,12 +114,21 @@ def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> N
             continue  # the suite itself, and benchmarks (tests/test_benchmarks_smoke.py)
         if cmd.startswith("export DATAFORSEO_"):
             continue  # the environment below has the emulator's credentials
+        if cmd.startswith("pip install "):
+            continue  # installed already, extras included; and no index is reachable here
         if " emulate " in cmd and cmd.endswith("&"):
             continue  # the test's own emulator plays this one, at LLMTASKS_BASE_URL
         if "| jq" in cmd and shutil.which("jq") is None:
             cmd = cmd.split("| jq")[0]
         cmd = cmd.replace("pip install . && ", "").replace("pip install -e '.[test]' && ", "")
         cmd = cmd.replace("http://127.0.0.1:8765", emu.url).replace("0.0.0.0", "127.0.0.1")
+        if redis is not None:
+            cmd = cmd.replace(DOC_REDIS, redis.url.removesuffix("/0"))
+        if cmd == "wait":
+            # A bare ``wait`` succeeds whatever its jobs did: wait for each, so that set -e
+            # fails the run when one of them failed.
+            cmd = 'for job in $(jobs -p); do wait "$job"; done'
+
         if " emulate " in cmd or " receive " in cmd:
             # Servers in the foreground: on a free port, stopped after a few seconds.
             cmd = re.sub(r"--port \d+", "--port 0", cmd)
@@ -103,8 +136,8 @@ def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> N
         script.append(cmd)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAFORSEO_", "LLMTASKS_"))}
     env.update(
-        DATAFORSEO_LOGIN="login",
-        DATAFORSEO_PASSWORD="password",
+        DATAFORSEO_LOGIN=LOGIN,
+        DATAFORSEO_PASSWORD=PASSWORD,
         LLMTASKS_BASE_URL=emu.url,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
@@ -117,6 +150,13 @@ def test_every_documented_command_runs(doc: Path, emulator, tmp_path: Path) -> N
         timeout=300,
     )
     assert result.returncode == 0, f"{shlex.join(script)}\n{result.stdout}\n{result.stderr}"
+    if redis is not None:
+        # The examples went through the shared limiter: it logged their calls in Redis.
+        import redis as redis_client
+
+        with redis_client.Redis.from_url(redis.url) as db:
+            logs = [key for key in db.keys("llmtasks:*") if key.endswith(b":log")]
+            assert logs and db.zcard(logs[0]) > 0, db.keys("*")
 
 
 if __name__ == "__main__":

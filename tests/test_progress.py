@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import cli_env, run_cli, write_prompts
+from tests.conftest import _OUTPUTS, cli_env, run_cli, write_prompts
 
 
 def _run_in_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
@@ -37,7 +37,9 @@ def _run_in_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
         chunks.append(data)
     os.close(leader)
     code = proc.wait(timeout=60)
-    return code, b"".join(chunks).decode("utf-8", "replace")
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    _OUTPUTS.append(screen)  # a terminal is not a pipe: hand it to the credential scan
+    return code, screen
 
 
 def test_live_bar_on_a_terminal(emulator, tmp_path: Path) -> None:

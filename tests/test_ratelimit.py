@@ -467,3 +467,90 @@ def test_virtual_clock_reports_a_deadlock_instead_of_hanging() -> None:
 
     with pytest.raises(RuntimeError, match="deadlock"):
         run(main)
+
+
+# --- sharper tests, from the survivors of mutation testing (docs/testing.md) ----------------
+
+
+def test_slow_down_without_admission_time_is_held_off_for_5_percent_of_the_period() -> None:
+    async def main() -> list[bool]:
+        limiter = RateLimiter(rate=100, period_s=60.0)  # hold-off: 3 s
+        got = [limiter.slow_down()]
+        await asyncio.sleep(2.9)
+        got.append(limiter.slow_down())  # the same volley: ignored
+        await asyncio.sleep(0.2)
+        got.append(limiter.slow_down())  # 3.1 s after the cut: a new complaint
+        return got
+
+    assert run(main, start=50.0) == [True, False, True]
+
+
+def test_rate_read_outside_the_loop_uses_the_loop_clock_it_ran_on() -> None:
+    """current_rate read after the loop has stopped (a summary at the end of a run) is
+    computed on the clock the limiter ran on, not on another one."""
+
+    async def main() -> RateLimiter:
+        limiter = RateLimiter(rate=100, period_s=60.0, burst=2)
+        await limiter.acquire()
+        limiter.slow_down()
+        return limiter
+
+    limiter = run(main, start=1e7)  # a virtual clock far from time.monotonic()
+    assert limiter.current_rate == pytest.approx(2 + 98 / 2)
+
+
+def test_a_waiter_cancelled_as_its_token_comes_raises_cancelled_and_takes_none() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(rate=2, period_s=1.0, margin_s=0.0, burst=1)  # 1 token per s
+        start = loop.time()
+        await limiter.acquire()
+        # Registered before the limiter's own timer for the same instant: runs just before it.
+        waiter = asyncio.ensure_future(limiter.acquire())
+        loop.call_at(start + 1.0, waiter.cancel)
+        await asyncio.sleep(0)  # the waiter queues and arms the timer for start + 1
+        [outcome] = await asyncio.gather(waiter, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert await limiter.acquire() == start + 1.0  # its token was not used
+
+    run(main, start=10.0)
+
+
+def test_gate_recovers_one_slot_per_20_successes_by_default() -> None:
+    gate = ConcurrencyGate(limit=5)
+    gate.lower()
+    gate.lower()
+    limits = []
+    for _ in range(40):
+        gate.success()
+        limits.append(gate.limit)
+    assert limits == [3] * 19 + [4] * 20 + [5]
+
+
+def test_gate_rejects_a_fractional_recover_after() -> None:
+    with pytest.raises(ValueError, match="recover_after must be an integer"):
+        ConcurrencyGate(limit=5, recover_after=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="recover_after must be an integer"):
+        ConcurrencyGate(limit=5, recover_after=True)
+
+
+def test_gate_waiter_cancelled_raises_cancelled_whether_or_not_a_release_came_first() -> None:
+    async def main() -> None:
+        gate = ConcurrencyGate(limit=1)
+        await gate.__aenter__()
+        queued = asyncio.ensure_future(gate.__aenter__())
+        await asyncio.sleep(0)
+        queued.cancel()  # still queued when it learns of it
+        [outcome] = await asyncio.gather(queued, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError) and gate.in_use == 1
+
+        dropped = asyncio.ensure_future(gate.__aenter__())
+        await asyncio.sleep(0)
+        dropped.cancel()
+        await gate.__aexit__(None, None, None)  # the release drops it before it learns
+        [outcome] = await asyncio.gather(dropped, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError) and gate.in_use == 0
+        async with gate:  # nothing stale left behind: the free slot is taken at once
+            assert gate.in_use == 1
+
+    run(main)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,84 +24,22 @@ import pytest
 from llmtasks._errors import ConfigError
 from llmtasks._shared import RedisThrottle, account_key, make_throttle, redacted
 from llmtasks._transport import Reply
-from tests.conftest import _OUTPUTS, LOGIN, PASSWORD, cli_env, read_jsonl, spawn_cli, write_prompts
+from tests.conftest import (
+    _OUTPUTS,
+    LOGIN,
+    PASSWORD,
+    RedisServer,
+    cli_env,
+    free_port,
+    read_jsonl,
+    require,
+    require_module,
+    spawn_cli,
+    write_prompts,
+)
 
-pytest.importorskip("redis", reason="the redis client is in the test extra")
-
-if shutil.which("redis-server") is None:
-    pytest.skip(
-        "redis-server is not installed (.ci/run installs the Debian package redis-server)",
-        allow_module_level=True,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """``redis-server`` on 127.0.0.1, without persistence; ``kill()`` and ``start()`` again
-    on the same port simulate a crash and a restart that lost every key."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+require_module("redis")  # the redis client, in the test extra
+require("redis-server")
 
 
 @pytest.fixture
@@ -335,7 +271,7 @@ async def test_keys_name_a_hash_of_the_account_never_the_login(redis_server) -> 
 
 async def test_a_wrong_limiter_url_fails_fast(tmp_path) -> None:
     t = make_throttle(
-        f"redis://:{PASSWORD}@127.0.0.1:{_free_port()}/0",
+        f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0",
         rate=10,
         period_s=1.0,
         margin_s=None,
