@@ -192,10 +192,12 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--postback-url",
         help="the service POSTs each result here when done; '$id' and '$tag' are filled in "
-        "(quote them: '...?id=$id'); see 'llmtasks receive'",
+        "(quote them: '...?id=$id'); with LLMTASKS_RECEIVE_SECRET set, secret=... is added; "
+        "see 'llmtasks receive'",
     )
     p.add_argument(
-        "--pingback-url", help="the service GETs this when a task is done ('$id', '$tag')"
+        "--pingback-url",
+        help="the service GETs this when a task is done ('$id', '$tag'; secret=... as above)",
     )
     p.add_argument(
         "--shard",
@@ -691,8 +693,8 @@ async def _submit_to(
         max_task_cost_usd=args.max_task_cost_usd,
         resend_unknown=args.resend_unknown,
         allow_insecure=args.allow_insecure,
-        postback_url=args.postback_url,
-        pingback_url=args.pingback_url,
+        postback_url=_push_url(args.postback_url, "--postback-url"),
+        pingback_url=_push_url(args.pingback_url, "--pingback-url"),
         shard=args.shard,
     )
     async with submitter:
@@ -775,6 +777,16 @@ async def _submit_to(
 
 def _silent(message: str) -> None:
     pass
+
+
+def _push_url(url: str | None, option: str) -> str | None:
+    """With LLMTASKS_RECEIVE_SECRET set, the URL the service calls carries it for ``receive``."""
+    from llmtasks._receiver import secret_from_env, with_secret
+
+    secret = secret_from_env()
+    if url is None or secret is None:
+        return url
+    return with_secret(url, secret, option=option)
 
 
 def _on_signal(submitter: Any) -> None:

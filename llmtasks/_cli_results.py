@@ -47,9 +47,14 @@ wait --poll-interval seconds, doubling up to --max-poll-interval (defaults 5 and
 
 RECEIVE_EPILOG = """\
 example:
+  export LLMTASKS_RECEIVE_SECRET="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
   llmtasks receive --port 8080 --ledger prompts.jsonl.ledger.sqlite --out results.jsonl
-  # then submit with postback_url "https://your.host:8080/postback?id=$id&tag=$tag"
-  # (or pingback_url ".../pingback?id=$id&tag=$tag") in each task
+  # and, with the same variable set:
+  llmtasks submit prompts.jsonl --postback-url 'https://your.host/postback?id=$id&tag=$tag'
+
+with LLMTASKS_RECEIVE_SECRET set, a delivery must carry secret=<it> in its URL (403
+otherwise); submit adds it to --postback-url/--pingback-url. Listening on an address other
+than loopback without it is refused unless --no-secret. See docs/collecting-results.md.
 
 prints one line "llmtasks receiver listening on http://HOST:PORT" on stdout, then serves
 until Ctrl-C / SIGTERM (or, with --until-done, until every created task is collected).
@@ -185,7 +190,8 @@ def receive_line(s: Any, out: str) -> str:
     return (
         f"llmtasks: receive: {count(s.postbacks, 'postback')}, {count(s.pingbacks, 'pingback')}, "
         f"{count(s.stored, 'result')} stored, {count(s.duplicates, 'duplicate')}, "
-        f"{s.foreign:,} not in the ledger; {_results_where(out)[len('llmtasks: ') :]}"
+        f"{s.foreign:,} not in the ledger, {s.forbidden:,} without the secret, "
+        f"{s.refused:,} refused in all; {_results_where(out)[len('llmtasks: ') :]}"
     )
 
 
@@ -343,10 +349,40 @@ def _add_receive(sub: Any) -> None:
         action="store_true",
         help="exit once submit is done with the ledger and every created task is collected",
     )
+    p.add_argument(
+        "--no-secret",
+        action="store_true",
+        help="listen on a non-loopback address without LLMTASKS_RECEIVE_SECRET (only behind "
+        "something that checks every request)",
+    )
+    p.add_argument(
+        "--max-body",
+        type=_size,
+        default=DEFAULT_MAX_BODY,
+        metavar="BYTES",
+        help="largest request body accepted as sent, e.g. 4M (default 4M; 413 above); "
+        "inflated it may be twice that",
+    )
     _add_service(p)
     add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
     _add_common(p)
     p.set_defaults(handler=cmd_receive)
+
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """``4194304``, ``512K``, ``4M``: a number of bytes."""
+    unit = text[-1:].upper() if text[-1:].isalpha() else ""
+    try:
+        n = float(text[: len(text) - len(unit)]) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4194304, 512K, 4M)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte: {text!r}")
+    return int(n)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -359,9 +395,10 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
-    from llmtasks._receiver import Receiver, serve_until
+    from llmtasks._receiver import Receiver, secret_from_env, serve_until
 
     out = args.out or _default_out(args.ledger)
+    secret = secret_from_env()
     receiver = Receiver(
         ledger=args.ledger,
         out=out,
@@ -370,8 +407,18 @@ async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
         login=login,
         password=password,
         base_url=args.base_url,
+        secret=secret,
+        no_secret=args.no_secret,
+        max_body_bytes=args.max_body,
+        max_inflated_bytes=2 * args.max_body,
         **_limits(args),
     )
+    if secret is None and not args.quiet:
+        print(
+            "llmtasks: warning: no LLMTASKS_RECEIVE_SECRET: any delivery to this address "
+            "is accepted (fine on loopback; see docs/collecting-results.md)",
+            file=sys.stderr,
+        )
     if not receiver.can_fetch:
         print(
             "llmtasks: warning: no credentials (DATAFORSEO_LOGIN/PASSWORD): pingbacks are "

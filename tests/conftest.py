@@ -26,7 +26,9 @@ sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 # Distinctive, so that tests can grep every output for them.
 LOGIN = "test-login-7f3a"
 PASSWORD = "pw-9c1e-never-print-me"
-SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode())
+# The receiver's shared secret (LLMTASKS_RECEIVE_SECRET) must not leak either.
+RECEIVE_SECRET = "rs-5e8d-never-log-me-either"
+SECRETS = (PASSWORD, base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode(), RECEIVE_SECRET)
 
 # Everything the CLI printed in this session; scanned for SECRETS when the session ends.
 _OUTPUTS: list[str] = []
@@ -132,7 +134,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No credential in any output, log, ledger, receipt or file of the whole suite."""
     leaks = find_leaks(SECRETS)
     if leaks:
-        print("\nCREDENTIAL LEAK: the test password appeared in:\n  " + "\n  ".join(leaks))
+        print("\nCREDENTIAL LEAK: a test secret appeared in:\n  " + "\n  ".join(leaks))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

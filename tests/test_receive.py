@@ -19,13 +19,13 @@ from tests.conftest import _OUTPUTS, cli_env, read_jsonl, run_cli
 
 
 class ReceiverProcess:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finish())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmtasks", "receive", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=cli_env(),
+            env=cli_env() if env is None else env,
             text=True,
         )
         assert self.proc.stdout is not None
@@ -55,8 +55,8 @@ class ReceiverProcess:
 def receiver() -> Iterator[Any]:
     started: list[ReceiverProcess] = []
 
-    def start(*args: str) -> ReceiverProcess:
-        r = ReceiverProcess(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> ReceiverProcess:
+        r = ReceiverProcess(*args, env=env)
         started.append(r)
         return r
 
@@ -189,3 +189,81 @@ def test_receiver_answers_foreign_and_broken_deliveries(
     results = read_jsonl(out)
     assert [(r["line"], r["task_id"]) for r in results] == [(2, task_id)]
     assert "1 result stored, 1 duplicate, 2 not in the ledger" in recv.stderr
+
+
+def test_submit_and_receive_share_a_secret(emulator: Any, receiver: Any, tmp_path: Path) -> None:
+    from tests.conftest import RECEIVE_SECRET
+
+    emu = emulator("--completion-delay", "0.5")
+    ledger = tmp_path / "run.sqlite"
+    out = tmp_path / "results.jsonl"
+    env = cli_env(LLMTASKS_RECEIVE_SECRET=RECEIVE_SECRET)
+    recv = receiver(
+        "--ledger", str(ledger), "--out", str(out), "--base-url", emu.url, "--until-done",
+        env=env,
+    )  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    _write(src, 20, model_name="gpt-4.1-mini")
+    url = f"{recv.url}/postback?id=$id&tag=$tag"
+    sub = run_cli(
+        "submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), "--postback-url", url,
+        env=env,
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    assert recv.finish(120) == 0, recv.stderr
+    _check_matched(read_jsonl(out), emu.created())
+    # The service was given the URL with the secret added, and nobody else saw it.
+    deliveries = _get(emu.url + "/_emulator/deliveries")
+    assert len(deliveries) == 20 and all(d["ok"] for d in deliveries)
+    assert all(d["url"].endswith(f"&secret={RECEIVE_SECRET}") for d in deliveries)
+    assert "20 results stored" in recv.stderr and "0 without the secret" in recv.stderr
+    assert RECEIVE_SECRET not in sub.stdout + sub.stderr + recv.stderr
+
+
+def test_secret_settings_that_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    _write(src, 1, model_name="gpt-4.1-mini")
+    ledger = str(tmp_path / "l.sqlite")
+    short = "short-secret"
+    for args, env, message in [
+        (["receive", "--ledger", ledger, "--host", "0.0.0.0"], {}, "without a secret"),
+        (["receive", "--ledger", ledger], {"LLMTASKS_RECEIVE_SECRET": short}, "16 to 256"),
+        (
+            ["receive", "--ledger", ledger, "--no-secret"],
+            {"LLMTASKS_RECEIVE_SECRET": "s" * 20},
+            "choose one",
+        ),
+        (
+            ["submit", str(src), "--emulate", "--postback-url", "http://127.0.0.1:1/p?id=$id"],
+            {"LLMTASKS_RECEIVE_SECRET": short},
+            "16 to 256",
+        ),
+        (
+            ["submit", str(src), "--emulate", "--postback-url", "http://h/p?secret=x&id=$id"],
+            {"LLMTASKS_RECEIVE_SECRET": "s" * 20},
+            "already has a secret",
+        ),
+    ]:
+        result = run_cli(*args, env=cli_env(**env))
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert short not in result.stderr and "s" * 20 not in result.stderr
+
+
+def test_max_body_bounds_what_is_read_and_what_is_inflated(receiver: Any, tmp_path: Path) -> None:
+    recv = receiver("--ledger", str(tmp_path / "none.sqlite"), "--max-body", "1K")
+
+    def post(body: bytes) -> int:
+        req = urllib.request.Request(recv.url + "/postback", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # loopback only
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert post(b"{" + b" " * 2000 + b"}") == 413  # 2 KB as sent
+    assert post(gzip.compress(b"{" + b" " * 3000 + b"}")) == 413  # 40 bytes, 3 KB inflated
+    assert post(gzip.compress(b'{"tasks": []}')) == 400  # within bounds, not an envelope
+    recv.proc.terminate()
+    assert recv.finish(30) == 0
+    assert "3 refused in all" in recv.stderr

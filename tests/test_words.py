@@ -84,7 +84,9 @@ def _collect_text(n: int) -> str:
 
 
 def _receive_text(n: int) -> str:
-    stats = ReceiveStats(postbacks=n, pingbacks=n, stored=n, duplicates=n, foreign=n)
+    stats = ReceiveStats(
+        postbacks=n, pingbacks=n, stored=n, duplicates=n, foreign=n, refused=n, forbidden=n
+    )
     return receive_line(stats, "/nonexistent/results.jsonl")
 
 
@@ -162,5 +164,6 @@ def test_some_summaries_word_for_word() -> None:
     )
     assert _receive_text(1) == (
         "llmtasks: receive: 1 postback, 1 pingback, 1 result stored, 1 duplicate, 1 not in "
-        "the ledger; no results yet (none written to /nonexistent/results.jsonl)"
+        "the ledger, 1 without the secret, 1 refused in all; no results yet (none written to "
+        "/nonexistent/results.jsonl)"
     )

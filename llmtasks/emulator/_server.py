@@ -25,6 +25,7 @@ from aiohttp import web
 
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._guard import MAX_BODY_BYTES, guard
 from llmtasks.emulator._idlist import Query, parse_query
 from llmtasks.emulator._models import CATALOGUE, RESOLVE, Family
 from llmtasks.emulator._postback import Delivery, PushSender, push_url
@@ -179,7 +180,10 @@ class Emulator:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        # Bodies are inflated by _guard, within bounds; aiohttp's own inflating is not.
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
+        )
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:
@@ -237,7 +241,7 @@ class Emulator:
         return decoded == f"{self._config.login}:{self._config.password}"
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
         llm = "/v3/ai_optimization/{se}/llm_responses"
         api = self._api
         app.router.add_post(f"{llm}/task_post", api("task_post", self._task_post))
@@ -288,7 +292,7 @@ class Emulator:
             elif cfg.fail_rate and rng.random() < cfg.fail_rate:
                 reply = Reply(500, None, b"500 Internal Server Error", content_type="text/plain")
             else:
-                body = await request.read() if request.can_read_body else b""
+                body = await request.read() if request.body_exists else b""
                 reply = handler(request, body, now, started)
                 drop = bool(cfg.drop_rate) and rng.random() < cfg.drop_rate
             return await self._answer(request, reply, now, cfg, drop=drop)
