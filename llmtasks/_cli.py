@@ -497,7 +497,7 @@ async def _service(
 
 async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int:
     from llmtasks._input import detect_format, read_lines
-    from llmtasks._outputs import write_jsonl
+    from llmtasks._outputs import ReceiptStream
     from llmtasks._progress import ProgressReporter
     from llmtasks._submit import Submitter
 
@@ -509,6 +509,7 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
     progress: ProgressReporter | None = None
+    stream: ReceiptStream | None = None
     from llmtasks._shared import shared_throttle
 
     async with (
@@ -571,8 +572,20 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                         interval_s=args.progress_interval,
                     )
                     progress.start()
-                async for _ in submitter.submit_lines(lines):
-                    pass
+                # Receipts are written as outcomes arrive; see ReceiptStream for resumed runs.
+                stream = ReceiptStream(
+                    receipts_path,
+                    rejects_path,
+                    first_line=1 if args.shard is None else args.shard[0],
+                    step=1 if args.shard is None else args.shard[1],
+                )
+                try:
+                    async for receipt in submitter.submit_lines(lines):
+                        stream.add(receipt)
+                except BaseException:
+                    if not isinstance(sys.exc_info()[1], LlmtasksError):
+                        stream.abort()
+                    raise
             except LlmtasksError as exc:
                 stop_error = exc
             finally:
@@ -582,8 +595,11 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                     loop.remove_signal_handler(sig)
             ledger = submitter.ledger
             assert ledger is not None
-            write_jsonl(receipts_path, ledger)
-            n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"})
+            if stream is None:
+                # Stopped before the run began (input changed, preflight): rebuilt as before.
+                stream = ReceiptStream(receipts_path, rejects_path)
+            stream.finish(ledger)
+            n_rejects = stream.rejects
             counts = ledger.counts()
             if not args.quiet:
                 _summary(args, submitter, counts, receipts_path, rejects_path, n_rejects)

@@ -86,3 +86,125 @@ def _atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+class ReceiptStream:
+    """Receipts (and rejects) files written while a run goes, in input order.
+
+    Outcomes arrive in completion order; each waits here until the lines before it are
+    written (at most ``max_held`` of them, so memory stays bounded). A line that does not
+    come in this run (done by an earlier run, or not sent when the run stopped) ends the
+    streaming: ``finish()`` then writes the rest from the ledger, which holds every line,
+    and renames the files into place so a reader never sees half a file.
+    """
+
+    def __init__(
+        self,
+        receipts_path: str | os.PathLike[str],
+        rejects_path: str | os.PathLike[str],
+        *,
+        first_line: int = 1,
+        step: int = 1,
+        max_held: int = 20_000,
+    ) -> None:
+        self._receipts = _Partial(receipts_path)
+        self._rejects = _Partial(rejects_path)
+        self._next = first_line
+        self._step = step
+        self._max_held = max_held
+        self._held: dict[int, Receipt] = {}
+        self._streaming = True
+        self.receipts = 0
+        self.rejects = 0
+
+    def add(self, r: Receipt) -> None:
+        if not self._streaming:
+            return
+        if r.state == "pending":
+            # Not sent (the run stopped): the ledger's record of it is the receipt.
+            self._streaming = False
+            self._held.clear()
+            return
+        held = self._held
+        held[r.line] = r
+        if r.line != self._next:
+            if len(held) > self._max_held:
+                self._streaming = False
+                held.clear()
+            return
+        out: list[bytes] = []
+        rejected: list[bytes] = []
+        nxt, step = self._next, self._step
+        while (got := held.pop(nxt, None)) is not None:
+            data = _encode(got)
+            out.append(data)
+            if got.state == "rejected":
+                rejected.append(data)
+            nxt += step
+        self._next = nxt
+        self._receipts.write(out)
+        self._rejects.write(rejected)
+        self.receipts += len(out)
+        self.rejects += len(rejected)
+
+    def finish(self, ledger: Ledger) -> None:
+        """Write what was not streamed from the (flushed) ledger; put the files in place."""
+        self._held.clear()
+        out: list[bytes] = []
+        rejected: list[bytes] = []
+        for r in ledger.receipts(first_line=self._next):
+            data = _encode(r)
+            out.append(data)
+            if r.state == "rejected":
+                rejected.append(data)
+            if len(out) >= 4096:
+                self._receipts.write(out)
+                self.receipts += len(out)
+                out = []
+            if len(rejected) >= 4096:
+                self._rejects.write(rejected)
+                self.rejects += len(rejected)
+                rejected = []
+        self._receipts.write(out)
+        self._rejects.write(rejected)
+        self.receipts += len(out)
+        self.rejects += len(rejected)
+        self._receipts.commit()
+        self._rejects.commit()
+
+    def abort(self) -> None:
+        self._receipts.abort()
+        self._rejects.abort()
+
+
+class _Partial:
+    """A file written under a temporary name beside its target, renamed at ``commit()``
+    (``-`` writes to stdout as it goes)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._stdout = os.fspath(path) == "-"
+        if self._stdout:
+            self._out: BinaryIO = sys.stdout.buffer
+            self._tmp = ""
+            return
+        self._target = Path(path)
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{self._target.name}.", suffix=".partial", dir=self._target.parent
+        )
+        self._out = os.fdopen(fd, "wb", buffering=1 << 16)
+
+    def write(self, lines: list[bytes]) -> None:
+        if lines:
+            self._out.write(b"\n".join(lines) + b"\n")
+
+    def commit(self) -> None:
+        self._out.flush()
+        if not self._stdout:
+            self._out.close()
+            os.replace(self._tmp, self._target)
+
+    def abort(self) -> None:
+        if not self._stdout:
+            self._out.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
