@@ -580,8 +580,8 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                     step=1 if args.shard is None else args.shard[1],
                 )
                 try:
-                    async for receipt in submitter.submit_lines(lines):
-                        stream.add(receipt)
+                    async for receipts in submitter.submit_lines_batched(lines):
+                        stream.add(receipts)
                 except BaseException:
                     if not isinstance(sys.exc_info()[1], LlmtasksError):
                         stream.abort()

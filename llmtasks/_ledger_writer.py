@@ -29,6 +29,12 @@ _INSERT_LINES: Final = (
     "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# The two statements of nearly every line, with as few parameters as they need.
+_INSERT_PENDING: Final = "INSERT INTO lines (line, digest, state, tag) VALUES (?, ?, 'pending', ?)"
+_UPDATE_CREATED: Final = (
+    "UPDATE lines SET state = 'created', task_id = ?, status_code = 20100, status_message = ?, "
+    "cost = ?, batch_id = ? WHERE line = ?"
+)
 _UPDATE_BATCH: Final = (
     "UPDATE batches SET state = ?, done_at = ?, http_status = ?, status_code = ?, "
     "attempts = ?, note = ? WHERE batch_id = ?"
@@ -67,10 +73,13 @@ class LedgerWriter:
 
     # -- queued writes (called on the loop) -------------------------------------------------
 
-    def add_lines(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert lines (``NewLine`` rows); not waited for."""
-        if rows:
-            self._put(("lines", rows))
+    def add_lines(
+        self, pending: Sequence[tuple[int, bytes, str]], others: Sequence[tuple[Any, ...]] = ()
+    ) -> None:
+        """Insert lines (one transaction): to send as (line, digest, tag), and any others as
+        ``NewLine`` rows; not waited for."""
+        if pending or others:
+            self._put(("lines", pending, others))
 
     async def mark_sending(self, session_id: int, lines: bytes, n: int) -> int:
         """Insert a batch row as ``sending`` and return its id once it is committed."""
@@ -80,12 +89,17 @@ class LedgerWriter:
         return batch_id
 
     def record(
-        self, batch_id: int, batch: tuple[Any, ...], lines: Sequence[tuple[Any, ...]]
+        self,
+        batch_id: int,
+        batch: tuple[Any, ...],
+        lines: Sequence[tuple[Any, ...]],
+        created: Sequence[tuple[Any, ...]] = (),
     ) -> None:
         """A batch's end (state, http_status, status_code, attempts, note) and its lines'
-        outcomes (state, task_id, status_code, status_message, cost, field, reason, line);
-        not waited for."""
-        self._put(("record", batch_id, time.time(), batch, lines))
+        outcomes: ``lines`` as (state, task_id, status_code, status_message, cost, field,
+        reason, batch_id, line), ``created`` as (task_id, status_message, cost, batch_id,
+        line); not waited for."""
+        self._put(("record", batch_id, time.time(), batch, lines, created))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (raises if it could not be)."""
@@ -143,7 +157,10 @@ class LedgerWriter:
                         for op in ops:
                             kind = op[0]
                             if kind == "lines":
-                                db.executemany(_INSERT_LINES, op[1])
+                                if op[1]:
+                                    db.executemany(_INSERT_PENDING, op[1])
+                                if op[2]:
+                                    db.executemany(_INSERT_LINES, op[2])
                             elif kind == "sending":
                                 _, fut, session_id, n, at, packed = op
                                 cur = db.execute(
@@ -153,9 +170,12 @@ class LedgerWriter:
                                 )
                                 results.append((fut, int(cur.lastrowid or 0)))
                             elif kind == "record":
-                                _, batch_id, at, b, lines = op
+                                _, batch_id, at, b, lines, created = op
                                 db.execute(_UPDATE_BATCH, (b[0], at, *b[1:], batch_id))
-                                db.executemany(_UPDATE_LINES, lines)
+                                if created:
+                                    db.executemany(_UPDATE_CREATED, created)
+                                if lines:
+                                    db.executemany(_UPDATE_LINES, lines)
                             else:
                                 results.append((op[1], None))
                         db.execute("COMMIT")

@@ -113,43 +113,50 @@ class ReceiptStream:
         self._step = step
         self._max_held = max_held
         self._held: dict[int, Receipt] = {}
+        self._out: list[bytes] = []
         self._streaming = True
         self.receipts = 0
         self.rejects = 0
 
-    def add(self, r: Receipt) -> None:
+    def add(self, receipts: list[Receipt]) -> None:
         if not self._streaming:
             return
-        if r.state == "pending":
-            # Not sent (the run stopped): the ledger's record of it is the receipt.
-            self._streaming = False
-            self._held.clear()
-            return
         held = self._held
-        held[r.line] = r
-        if r.line != self._next:
+        for r in receipts:
+            if r.state == "pending":
+                # Not sent (the run stopped): the ledger's record of it is the receipt.
+                self._streaming = False
+                held.clear()
+                return
+            held[r.line] = r
+        nxt = self._next
+        if nxt not in held:
             if len(held) > self._max_held:
                 self._streaming = False
                 held.clear()
             return
-        out: list[bytes] = []
-        rejected: list[bytes] = []
-        nxt, step = self._next, self._step
+        out = self._out
+        step = self._step
         while (got := held.pop(nxt, None)) is not None:
             data = _encode(got)
             out.append(data)
             if got.state == "rejected":
-                rejected.append(data)
+                self._rejects.write([data])
+                self.rejects += 1
             nxt += step
         self._next = nxt
-        self._receipts.write(out)
-        self._rejects.write(rejected)
-        self.receipts += len(out)
-        self.rejects += len(rejected)
+        if len(out) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._receipts.write(self._out)
+        self.receipts += len(self._out)
+        self._out = []
 
     def finish(self, ledger: Ledger) -> None:
         """Write what was not streamed from the (flushed) ledger; put the files in place."""
         self._held.clear()
+        self._flush()
         out: list[bytes] = []
         rejected: list[bytes] = []
         for r in ledger.receipts(first_line=self._next):

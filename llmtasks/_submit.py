@@ -14,7 +14,14 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -403,6 +410,13 @@ class Submitter:
         """Submit lines from ``llmtasks._input.read_lines`` (or built the same way)."""
         return self._run(_chunked(lines))
 
+    def submit_lines_batched(
+        self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
+    ) -> AsyncIterator[list[Receipt]]:
+        """``submit_lines``, the receipts in lists as they are recorded (the CLI's way: one
+        step of the iterator per call instead of per task)."""
+        return self._run_batches(_chunked(lines))
+
     async def verify(self, lines: Iterable[InputLine] | AsyncIterable[InputLine]) -> None:
         """Refuse (``InputError``) an input that is not the one this ledger recorded, before
         anything is sent. Reads the input once more; only the lines already recorded."""
@@ -432,6 +446,17 @@ class Submitter:
     # -- the pipeline ----------------------------------------------------------------------
 
     async def _run(self, chunks: AsyncIterator[list[InputLine]]) -> AsyncIterator[Receipt]:
+        batches = self._run_batches(chunks)
+        try:
+            async for item in batches:
+                for receipt in item:
+                    yield receipt
+        finally:
+            await batches.aclose()
+
+    async def _run_batches(
+        self, chunks: AsyncIterator[list[InputLine]]
+    ) -> AsyncGenerator[list[Receipt], None]:
         if self.ledger is None:
             raise RuntimeError("use 'async with Submitter(...)' before submitting")
         out: asyncio.Queue[list[Receipt] | None] = asyncio.Queue(maxsize=256)
@@ -460,8 +485,7 @@ class Submitter:
         self._supervisor = asyncio.create_task(supervise())
         try:
             while (item := await out.get()) is not None:
-                for receipt in item:
-                    yield receipt
+                yield item
         finally:
             await self._drain()
             self.stats.ended = time.monotonic()
@@ -508,6 +532,7 @@ class Submitter:
                 ledger.known(chunk[0].line, chunk[-1].line) if chunk[0].line <= last_known else {}
             )
             rows: list[tuple[Any, ...]] = []
+            pending: list[tuple[int, bytes, str]] = []
             receipts: list[Receipt] = []
             n_read = 0
             for il in chunk:
@@ -535,25 +560,26 @@ class Submitter:
                 if tag is None:
                     tag = f"{tag_prefix}{line}"
                     part = part[:-1] + splice % line if len(part) > 2 else b"{" + splice[1:] % line
-                    prompt = None  # the tag alone finds the line (reconcile)
-                else:
+                    if prior is None:
+                        # No prompt digest: reconcile finds a generated tag's line by the tag.
+                        pending.append((line, il.digest, tag))
+                elif prior is None:
                     prompt = prompt_digest(task.user_prompt or "")
+                    rows.append((line, il.digest, "pending", tag, prompt, None, None))
                 for name, extra in push:
                     if getattr(task, name) is None:
                         part = part[:-1] + extra + b"}"
-                if prior is None:
-                    rows.append((line, il.digest, "pending", tag, prompt, None, None))
                 batch.lines.append(line)
                 batch.tags.append(tag)
                 batch.parts.append(part)
                 if len(batch.lines) == size:
                     # Lines are queued for the ledger before their batch can be written ahead.
-                    writer.add_lines(rows)
-                    rows = []
+                    writer.add_lines(pending, rows)
+                    rows, pending = [], []
                     await batches.put(batch)
                     batch = _Batch()
             self.stats.lines_read += n_read
-            writer.add_lines(rows)
+            writer.add_lines(pending, rows)
             await self._emit(receipts)
         if batch.lines and not self._halted():
             await batches.put(batch)
@@ -704,6 +730,7 @@ class Submitter:
         n_replies = len(replies)
         receipts: list[Receipt] = []
         rows: list[tuple[Any, ...]] = []
+        created: list[tuple[Any, ...]] = []
         cost = 0.0
         for i, line in enumerate(batch.lines):
             tag = batch.tags[i]
@@ -714,9 +741,7 @@ class Submitter:
                 if code == 20100 and (echoed is None or echoed == tag):
                     # The common case, kept short: one receipt and one row per task.
                     receipts.append(Receipt(line, "created", tag, t.id, 20100, msg, task_cost))
-                    rows.append(
-                        ("created", t.id, 20100, msg, task_cost, None, None, batch_id, line)
-                    )
+                    created.append((t.id, msg, task_cost, batch_id, line))
                     cost += task_cost or 0.0
                     continue
                 if echoed is not None and echoed != tag:
@@ -781,7 +806,9 @@ class Submitter:
                 )
             )
         self.stats.cost_usd += env.cost if env.cost is not None else cost
-        writer.record(batch_id, ("done", reply.http_status, env.status_code, attempt, None), rows)
+        writer.record(
+            batch_id, ("done", reply.http_status, env.status_code, attempt, None), rows, created
+        )
         await self._emit(receipts)
 
 
