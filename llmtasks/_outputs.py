@@ -14,6 +14,7 @@ from typing import BinaryIO, Final
 
 import msgspec
 
+from llmtasks._errors import ConfigError
 from llmtasks._ledger import Ledger
 from llmtasks._receipt import Receipt
 
@@ -195,10 +196,13 @@ class _Partial:
             self._tmp = ""
             return
         self._target = Path(path)
-        fd, self._tmp = tempfile.mkstemp(
-            prefix=f".{self._target.name}.", suffix=".partial", dir=self._target.parent
-        )
-        self._out = os.fdopen(fd, "wb", buffering=1 << 16)
+        # One name per target: a run killed before its rename leaves this file, and the
+        # next run of the same command writes over it instead of leaving another.
+        self._tmp = str(self._target.with_name(f".{self._target.name}.partial"))
+        try:
+            self._out = open(self._tmp, "wb", buffering=1 << 16)  # noqa: SIM115 (see commit)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def write(self, lines: list[bytes]) -> None:
         if lines:

@@ -70,7 +70,7 @@ log = logging.getLogger("llmtasks")
 
 #: The most one task can cost: the documented example charges $0.0102 (prepayment $0.01).
 DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
-_READ_CHUNK: Final = 512
+_READ_CHUNK: Final = 1024
 
 
 def prompt_digest(prompt: str) -> bytes:
