@@ -219,7 +219,12 @@ def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: in
         str(ledger),
         stdout=subprocess.PIPE,
     )
-    time.sleep(1.5)
+    # Signal only once calls are going out: a fixed sleep fires before start-up on a busy
+    # machine, and then the test checks nothing about draining.
+    deadline = time.monotonic() + 60
+    while not emu.created() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
