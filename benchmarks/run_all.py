@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes; docs left as they are")
     parser.add_argument("--only", nargs="+", choices=[n for n, _ in PLAN], help="these only")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs tables")
+    parser.add_argument(
+        "--no-official", action="store_true", help="throughput without dataforseo-client"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     for name, extra in PLAN:
@@ -43,6 +46,8 @@ def main() -> int:
             continue
         cmd = [sys.executable, str(HERE / f"bench_{name}.py")]
         cmd += ["--quick"] if args.quick else extra
+        if name == "throughput" and args.no_official:
+            cmd.append("--no-official")
         print(f"run_all: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         out = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)

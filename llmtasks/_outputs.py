@@ -30,7 +30,9 @@ RECEIPT_FIELDS: Final = (
     "reason",
 )
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_encode_lines = _encoder.encode_lines
 
 
 def write_jsonl(
@@ -120,39 +122,58 @@ class ReceiptStream:
         self.rejects = 0
 
     def add(self, receipts: list[Receipt]) -> None:
-        if not self._streaming:
+        """Receipts of one call (or of rejected lines), in increasing line order."""
+        if not self._streaming or not receipts:
+            return
+        if receipts[0].state == "pending":
+            # Not sent (the run stopped; a call's receipts share one state): the ledger's
+            # record of these lines is their receipt.
+            self._stop_streaming()
             return
         held = self._held
-        for r in receipts:
-            if r.state == "pending":
-                # Not sent (the run stopped): the ledger's record of it is the receipt.
-                self._streaming = False
-                held.clear()
+        nxt, step = self._next, self._step
+        first, last = receipts[0].line, receipts[-1].line
+        if first == nxt and last - first == (len(receipts) - 1) * step:
+            # The common case: the call next in line, its lines consecutive.
+            self._write(receipts)
+            nxt = last + step
+            if not held:
+                self._next = nxt
                 return
-            held[r.line] = r
-        nxt = self._next
-        if nxt not in held:
-            if len(held) > self._max_held:
-                self._streaming = False
-                held.clear()
-            return
-        out = self._out
-        step = self._step
+        else:
+            for r in receipts:
+                held[r.line] = r
+            if nxt not in held:
+                if len(held) > self._max_held:
+                    self._stop_streaming()
+                return
+        ready: list[Receipt] = []
         while (got := held.pop(nxt, None)) is not None:
-            data = _encode(got)
-            out.append(data)
-            if got.state == "rejected":
-                self._rejects.write([data])
-                self.rejects += 1
+            ready.append(got)
             nxt += step
         self._next = nxt
-        if len(out) >= 4096:
+        self._write(ready)
+
+    def _write(self, receipts: list[Receipt]) -> None:
+        if not receipts:
+            return
+        self._out.append(_encode_lines(receipts))
+        self.receipts += len(receipts)
+        rejected = [r for r in receipts if r.state == "rejected"]
+        if rejected:
+            self._rejects.write_raw(_encode_lines(rejected))
+            self.rejects += len(rejected)
+        if len(self._out) >= 64:
             self._flush()
 
+    def _stop_streaming(self) -> None:
+        self._streaming = False
+        self._held.clear()
+
     def _flush(self) -> None:
-        self._receipts.write(self._out)
-        self.receipts += len(self._out)
-        self._out = []
+        if self._out:
+            self._receipts.write_raw(b"".join(self._out))
+            self._out = []
 
     def finish(self, ledger: Ledger) -> None:
         """Write what was not streamed from the (flushed) ledger; put the files in place."""
@@ -207,6 +228,9 @@ class _Partial:
     def write(self, lines: list[bytes]) -> None:
         if lines:
             self._out.write(b"\n".join(lines) + b"\n")
+
+    def write_raw(self, data: bytes) -> None:
+        self._out.write(data)
 
     def commit(self) -> None:
         self._out.flush()

@@ -503,9 +503,13 @@ class Submitter:
     def _halted(self) -> bool:
         return self._interrupted or self._stop_reason is not None or self._error is not None
 
-    async def _emit(self, receipts: list[Receipt]) -> None:
-        for r in receipts:
-            self.stats.count(r.state)
+    async def _emit(self, receipts: list[Receipt], state: str | None = None) -> None:
+        """Hand receipts to the caller; ``state`` when they all have that one."""
+        if state is not None:
+            self.stats.count(state, len(receipts))
+        else:
+            for r in receipts:
+                self.stats.count(r.state)
         if self._out is not None and receipts:
             await self._out.put(receipts)
 
@@ -596,7 +600,8 @@ class Submitter:
             [
                 Receipt(line=line, state="pending", tag=tag, reason=reason)
                 for line, tag in zip(batch.lines, batch.tags, strict=True)
-            ]
+            ],
+            "pending",
         )
 
     def _budget_allows(self, n_tasks: int) -> bool:
@@ -720,7 +725,7 @@ class Submitter:
             [(state, None, code, message, None, None, reason, batch_id, r.line) for r in receipts],
         )
         if emit:
-            await self._emit(receipts)
+            await self._emit(receipts, state)
 
     async def _record_ok(self, batch: _Batch, batch_id: int, reply: Reply, attempt: int) -> None:
         writer = self._writer
@@ -809,7 +814,7 @@ class Submitter:
         writer.record(
             batch_id, ("done", reply.http_status, env.status_code, attempt, None), rows, created
         )
-        await self._emit(receipts)
+        await self._emit(receipts, "created" if not rows else None)
 
 
 class _AccountUnavailable(ServiceError):
