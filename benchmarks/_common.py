@@ -254,15 +254,16 @@ def machine() -> dict[str, Any]:
 
 
 def _git(*args: str) -> str:
+    """git's output as printed (not stripped: porcelain lines start with a status column)."""
     try:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip()
+        return out.stdout
     except OSError:
         return ""
 
 
 def _git_head() -> str:
-    return _git("rev-parse", "--short=10", "HEAD")
+    return _git("rev-parse", "--short=10", "HEAD").strip()
 
 
 def git_dirty() -> bool:

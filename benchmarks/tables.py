@@ -132,7 +132,13 @@ def t_summary(res: Path) -> str:
                 "met" if ok else "**missed**",
             )
         )
-    return "\n".join(out)
+    made = "; ".join(
+        f"{r['benchmark']} at `{r.get('commit', '?')}`"
+        + (" (uncommitted changes)" if r.get("dirty") else "")
+        + f", {r.get('date', '?')}, load {r['machine'].get('load_average', ['?'])[0]}"
+        for r in (rate, thr, mem, lat)
+    )
+    return "\n".join(out) + f"\n\n<sub>{made}.</sub>"
 
 
 def t_rate(res: Path) -> str:
