@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from llmtasks._errors import ConfigError, InputError, LlmtasksError
 from llmtasks._receipt import STATES
 from llmtasks._version import __version__
+from llmtasks._words import count, verb
 
 if TYPE_CHECKING:
     from llmtasks._progress import ProgressReporter
@@ -144,11 +145,14 @@ def _add_submit(sub: Any) -> None:
     )
     p.add_argument("--ledger", help="SQLite ledger (default: INPUT.ledger.sqlite)")
     p.add_argument(
-        "--receipts", help="JSONL, one line per input line (default: INPUT.receipts.jsonl)"
+        "--receipts",
+        help="JSONL, one line per input line (default: INPUT.receipts.jsonl; not written for "
+        "an input with no lines)",
     )
     p.add_argument(
         "--rejects",
-        help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl)",
+        help="JSONL of the lines that were not sent and why (default: INPUT.rejects.jsonl; "
+        "not written, and an earlier one removed, when no line was rejected)",
     )
     p.add_argument("--max-cost-usd", type=float, help="never let this run's charges exceed this")
     p.add_argument(
@@ -197,7 +201,8 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--progress-interval",
         type=_positive_float,
-        help="seconds between progress updates (default: 0.25 on a terminal, else 30)",
+        help="seconds between progress updates (default: 0.25 on a terminal, else 30); the "
+        "pace shown is the calls made in the last --period seconds, against --rate",
     )
     p.add_argument(
         "--emulate",
@@ -267,23 +272,25 @@ async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password
         report = await reconcile(
             ledger, transport, min_age_s=args.min_age, id_list_rate=args.id_list_rate
         )
-    print(
-        f"llmtasks: reconcile: {report.unknown} unknown: {report.found} found (created), "
-        f"{report.not_found} not found (pending again), {report.too_recent} too recent to tell; "
-        f"{report.calls} id_list calls",
-        file=sys.stderr,
-    )
+    print(reconcile_summary(report), file=sys.stderr)
+    return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
+
+
+def reconcile_summary(report: Any) -> str:
+    out = [
+        f"llmtasks: reconcile: {report.unknown:,} unknown: {report.found:,} found (created), "
+        f"{report.not_found:,} not found (pending again), {report.too_recent:,} too recent to "
+        f"tell; {count(report.calls, 'id_list call')}"
+    ]
     if report.duplicates:
-        print(
-            f"llmtasks: warning: {report.duplicates} task(s) exist twice on the service "
-            "(sent again earlier): each was charged",
-            file=sys.stderr,
+        out.append(
+            f"llmtasks: warning: {count(report.duplicates, 'task')} "
+            f"{verb(report.duplicates, 'exists', 'exist')} twice on the service (sent again "
+            "earlier): each copy was charged"
         )
     if report.not_found:
-        print(
-            "llmtasks: run the same submit command again to send the pending lines", file=sys.stderr
-        )
-    return EXIT_OK if report.too_recent == 0 else EXIT_INCOMPLETE
+        out.append("llmtasks: run the same submit command again to send the pending lines")
+    return "\n".join(out)
 
 
 def _add_status(sub: Any) -> None:
@@ -354,7 +361,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     if args.out != "-":
-        print(f"llmtasks: {n} receipts written to {args.out}", file=sys.stderr)
+        print(f"llmtasks: {count(n, 'receipt')} written to {args.out}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -454,18 +461,22 @@ def _dry_run(args: argparse.Namespace) -> int:
                 shown += 1
         else:
             counts["valid"] += 1
-    lines = sum(counts.values())
     calls = -(-counts["valid"] // args.batch_size)
+    print(dry_run_summary(args, counts, calls), file=sys.stderr)
+    return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
+
+
+def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int) -> str:
+    lines = sum(counts.values())
     worst = counts["valid"] * args.max_task_cost_usd
     minutes = calls / args.rate * args.period / 60
-    print(
-        f"llmtasks: dry run of {args.input}: {lines} lines, {counts['valid']} valid, "
-        f"{counts['rejected']} rejected, {counts['skipped']} blank; "
-        f"{calls} calls (at least {minutes:.1f} min at {args.rate} per {args.period:g} s); "
-        f"worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} per task; nothing sent",
-        file=sys.stderr,
+    return (
+        f"llmtasks: dry run of {args.input}: {count(lines, 'line')}, {counts['valid']:,} valid, "
+        f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank; "
+        f"{count(calls, 'call')} (at least {minutes:.1f} min at {args.rate:,} per "
+        f"{args.period:g} s); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} per "
+        "task; nothing sent"
     )
-    return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
 
 
 def _count_lines(source: str) -> int | None:
@@ -568,7 +579,6 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
                     progress = ProgressReporter(
                         submitter.stats,
                         total_lines=total,
-                        limit_per_minute=args.rate * 60 / args.period,
                         interval_s=args.progress_interval,
                     )
                     progress.start()
@@ -598,11 +608,23 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
             if stream is None:
                 # Stopped before the run began (input changed, preflight): rebuilt as before.
                 stream = ReceiptStream(receipts_path, rejects_path)
+            # No empty files: a run with nothing rejected leaves no rejects file.
             stream.finish(ledger)
+            if not stream.receipts:
+                receipts_path = ""
             n_rejects = stream.rejects
             counts = ledger.counts()
             if not args.quiet:
-                _summary(args, submitter, counts, receipts_path, rejects_path, n_rejects)
+                text = submit_summary(
+                    args,
+                    submitter.stats,
+                    counts,
+                    receipts_path,
+                    rejects_path,
+                    n_rejects,
+                    ledger.path,
+                )
+                print(text, file=sys.stderr)
     if stop_error is not None:
         raise stop_error
     if submitter.interrupted:
@@ -622,37 +644,46 @@ def _on_signal(submitter: Any) -> None:
     submitter.stop()
 
 
-def _summary(
+def submit_summary(
     args: argparse.Namespace,
-    submitter: Any,
+    stats: Any,
     counts: dict[str, int],
     receipts_path: str,
     rejects_path: str,
     n_rejects: int,
-) -> None:
-    s = submitter.stats
+    ledger_path: str,
+) -> str:
+    """What ``submit`` prints at the end: counts, calls against the limit, where things are."""
+    from llmtasks._pace import summary_pace
+
+    s = stats
     total = sum(counts.values())
     parts = [
-        f"{counts.get(k, 0)} {k}" for k in ("created", "rejected", "failed", "unknown", "pending")
+        f"{counts.get(k, 0):,} {k}" for k in ("created", "rejected", "failed", "unknown", "pending")
     ]
     if counts.get("skipped"):
-        parts.append(f"{counts['skipped']} blank")
-    earlier = f" ({s.already_done} done by earlier runs)" if s.already_done else ""
-    # A rate over less than a second of calls says nothing.
-    pace = f" = {s.calls_per_minute:.0f} calls/min" if s.elapsed_s >= 1 else ""
-    calls = f"{s.calls} call{'' if s.calls == 1 else 's'}"
-    print(
-        f"llmtasks: {s.lines_read} lines read{earlier}; ledger holds {total}: {', '.join(parts)}\n"
-        f"llmtasks: {calls} ({s.retries} retried) in {s.elapsed_s:.1f} s{pace} "
-        f"(limit {args.rate} per {args.period:g} s); "
-        f"cost reported by the service ${s.cost_usd:.4f}\n"
-        f"llmtasks: receipts in {receipts_path}"
-        + (f", {n_rejects} rejects in {rejects_path}" if n_rejects else ""),
-        file=sys.stderr,
+        parts.append(f"{counts['skipped']:,} blank")
+    earlier = f" ({s.already_done:,} done by earlier runs)" if s.already_done else ""
+    pace = summary_pace(
+        s.window, calls=s.calls, retries=s.retries, elapsed_s=s.elapsed_s, now=s.ended
     )
+    where = (
+        f"llmtasks: receipts in {receipts_path}"
+        if receipts_path
+        else "llmtasks: no receipts: the input has no lines"
+    )
+    if n_rejects:
+        where += f", {count(n_rejects, 'reject')} in {rejects_path}"
+    out = [
+        f"llmtasks: {count(s.lines_read, 'line')} read{earlier}; ledger holds "
+        f"{count(total, 'line')}: {', '.join(parts)}",
+        f"llmtasks: {pace}; cost reported by the service ${s.cost_usd:.4f}",
+        where,
+    ]
     if counts.get("unknown"):
-        print(
-            f"llmtasks: {counts['unknown']} line(s) unknown (sent, no reply): run "
-            f"'llmtasks reconcile --ledger {submitter.ledger.path}' before sending them again",
-            file=sys.stderr,
+        out.append(
+            f"llmtasks: {count(counts['unknown'], 'line')} unknown (sent, no reply): run "
+            f"'llmtasks reconcile --ledger {ledger_path}' before sending "
+            f"{'it' if counts['unknown'] == 1 else 'them'} again"
         )
+    return "\n".join(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from llmtasks._cli import (
 )
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._task import ENGINES
+from llmtasks._words import count, verb
 
 COLLECT_EPILOG = """\
 examples:
@@ -139,14 +141,50 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _progress_line(c: Any, elapsed_s: float) -> str:
-    counts = c.counts()
-    s = c.stats
+    return collect_line(c.counts(), c.stats, elapsed_s)
+
+
+def collect_line(counts: dict[str, int], s: Any, elapsed_s: float) -> str:
     nxt = f"; next poll in {s.next_poll_s:.0f} s" if s.next_poll_s else ""
     return (
-        f"llmtasks: collect: {counts['collected']} of {counts['created']} created tasks "
-        f"collected, {counts['failed']} failed, {counts['waiting']} waiting; "
-        f"{s.polls} polls, {s.calls} task_get calls in {elapsed_s:.0f} s{nxt}"
+        f"llmtasks: collect: {counts['collected']:,} of {count(counts['created'], 'created task')} "
+        f"collected, {counts['failed']:,} failed, {counts['waiting']:,} waiting; "
+        f"{count(s.polls, 'poll')}, {count(s.calls, 'task_get call')} in {elapsed_s:.0f} s{nxt}"
     )
+
+
+def collect_notes(counts: dict[str, int], states: dict[str, int]) -> list[str]:
+    """What the end of ``collect`` adds under its last progress line."""
+    out = []
+    if counts["failed"]:
+        out.append(
+            f"llmtasks: {count(counts['failed'], 'task')} failed on the service side (their "
+            "lines have a status_code other than 20000 and no result)"
+        )
+    not_created = sum(n for s, n in states.items() if s in ("pending", "sending", "unknown"))
+    if not_created:
+        out.append(
+            f"llmtasks: {count(not_created, 'line')} of the ledger "
+            f"{verb(not_created, 'is not a created task', 'are not created tasks')} yet "
+            "(pending or unknown): collect does not wait for "
+            f"{verb(not_created, 'it', 'them')}"
+        )
+    return out
+
+
+def receive_line(s: Any, out: str) -> str:
+    return (
+        f"llmtasks: receive: {count(s.postbacks, 'postback')}, {count(s.pingbacks, 'pingback')}, "
+        f"{count(s.stored, 'result')} stored, {count(s.duplicates, 'duplicate')}, "
+        f"{s.foreign:,} not in the ledger; {_results_where(out)[len('llmtasks: ') :]}"
+    )
+
+
+def _results_where(out: str) -> str:
+    # The results file is created with its first result: say so rather than name no file.
+    if os.path.exists(out):
+        return f"llmtasks: results in {out}"
+    return f"llmtasks: no results yet (none written to {out})"
 
 
 async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
@@ -208,22 +246,9 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
         states = ledger.counts()
         if not args.quiet:
             print(_progress_line(collector, time.monotonic() - started), file=sys.stderr)
-            print(f"llmtasks: results in {out}", file=sys.stderr)
-            if counts["failed"]:
-                print(
-                    f"llmtasks: {counts['failed']} task(s) failed on the service side (their "
-                    "lines have a status_code other than 20000 and no result)",
-                    file=sys.stderr,
-                )
-            not_created = sum(
-                n for s, n in states.items() if s in ("pending", "sending", "unknown")
-            )
-            if not_created:
-                print(
-                    f"llmtasks: {not_created} line(s) of the ledger are not created tasks yet "
-                    "(pending or unknown): collect does not wait for them",
-                    file=sys.stderr,
-                )
+            print(_results_where(out), file=sys.stderr)
+            for note in collect_notes(counts, states):
+                print(note, file=sys.stderr)
     if stop_error is not None:
         raise stop_error
     if interrupted:
@@ -356,10 +381,5 @@ async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
             loop.remove_signal_handler(sig)
     s = receiver.stats
     if not args.quiet:
-        print(
-            f"llmtasks: receive: {s.postbacks} postbacks, {s.pingbacks} pingbacks, {s.stored} "
-            f"results stored, {s.duplicates} duplicates, {s.foreign} not in the ledger; "
-            f"results in {out}",
-            file=sys.stderr,
-        )
+        print(receive_line(s, out), file=sys.stderr)
     return EXIT_OK if done or not args.until_done else EXIT_INCOMPLETE

@@ -35,6 +35,7 @@ from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._task import ENGINES
 from llmtasks._throttle import LocalThrottle, RetryPolicy, default_burst, default_concurrency
 from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport, stop_error
+from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
 
@@ -194,20 +195,26 @@ class ResultWriter:
         self.catch_up()
 
     def _truncate(self, size: int) -> None:
+        if size == 0 and not os.path.exists(self.path):
+            return  # no empty file: it is created with its first result
         with open(self.path, "ab") as f:
             f.truncate(size)
 
     def catch_up(self) -> int:
         """Append what the ledger recorded since the last call; returns lines written."""
         n = 0
+        rows = self._ledger.results_after(self._seq)
+        if not rows:
+            return 0
         with open(self.path, "ab") as f:
-            while rows := self._ledger.results_after(self._seq):
+            while rows:
                 chunk = b"".join(_line_bytes(row) for row in rows)
                 f.write(chunk)
                 f.flush()
                 self._seq = int(rows[-1][0])
                 n += len(rows)
                 self._ledger.set_output_mark(self.path, self._seq, f.tell())
+                rows = self._ledger.results_after(self._seq)
         self.written += n
         return n
 
@@ -407,7 +414,7 @@ class Collector:
         deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
         leftovers = ledger.fetching()
         if leftovers:
-            log.info("fetching %d task(s) an earlier run was fetching", len(leftovers))
+            log.info("fetching %s an earlier run was fetching", count(len(leftovers), "task"))
             await self._fetch_all(leftovers, "direct")
         if direct:
             after = 0

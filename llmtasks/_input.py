@@ -30,6 +30,7 @@ from llmtasks._task import (
     decode_task,
     explain,
 )
+from llmtasks._words import count
 
 Format = Literal["jsonl", "csv", "text"]
 FORMATS: Final[tuple[Format, ...]] = ("jsonl", "csv", "text")
@@ -232,7 +233,7 @@ def _too_long(line: int, digest: bytes, size: int, max_line_bytes: int) -> Input
         line=line,
         digest=digest,
         task=None,
-        reason=f"is longer than {max_line_bytes} bytes ({size} bytes)",
+        reason=f"is longer than {count(max_line_bytes, 'byte')} ({count(size, 'byte')})",
     )
 
 
@@ -246,6 +247,32 @@ def _utf8_error(raw: bytes) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Turning a task or an error into an InputLine
+
+
+_WHOLE_FLOAT = re.compile(r"Expected `int( \| null)?`, got `float` - at `\$\.(\w+)`")
+
+
+def decode_user_task(raw: bytes) -> Task:
+    """``decode_task(raw, strict=True)``, except that a whole-number float in an integer
+    field (``512.0``: what pandas and many JSON writers emit) is taken as that integer, so
+    the POST body carries ``512``. A fractional one (``512.5``) is refused as before. The
+    slow path runs only for a line that the fast decoder refused on exactly this."""
+    try:
+        return decode_task(raw, strict=True)
+    except msgspec.ValidationError as err:
+        m = _WHOLE_FLOAT.fullmatch(str(err))
+        if m is None or m.group(2) not in _INT_FIELDS:
+            raise
+        doc = msgspec.json.decode(raw)
+        if not isinstance(doc, dict):
+            raise
+        for name in _INT_FIELDS:
+            value = doc.get(name)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise
+                doc[name] = int(value)
+        return decode_task(msgspec.json.encode(doc), strict=True)
 
 
 def _complete(task: Task, default_model: str | None) -> Task:
@@ -307,11 +334,156 @@ def _humanize(field: str, reason: str) -> str:
     m = _EXPECTED_CMP.fullmatch(reason)
     if m:
         return f"must be {m.group(1)} {m.group(2)}"
-    if reason == "Input data was truncated":
-        return "is not valid JSON: it ends before the value is complete"
-    if reason.startswith(_MALFORMED):
-        return f"is not valid JSON: {reason[len(_MALFORMED) :]}"
+    if reason == "Number out of range":
+        return "is a number too large to use"
+    if reason == "Input data was truncated" or reason.startswith(_MALFORMED):
+        return f"is not valid JSON: {reason}"  # without the text: see explain_json()
     return reason
+
+
+_MALFORMED_AT = re.compile(r"JSON is malformed: (.+) \(byte (\d+)\)")
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|u|.)", re.DOTALL)
+_CONTROL_NAMES: Final = {
+    0x09: ("a tab", "\\t"),
+    0x0A: ("a line feed", "\\n"),
+    0x0D: ("a carriage return", "\\r"),
+}
+_WORD = re.compile(rb"[A-Za-z]+")
+_QUOTES: Final = "\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e"
+
+
+def explain_json(raw: bytes, message: str, *, where: str = "line") -> str:
+    """A msgspec JSON decoding error about ``raw``, in words a person can act on, with the
+    byte offset (from 0 at the start of the line). msgspec's own words are kept for a case
+    not foreseen here."""
+    if message == "Input data was truncated":
+        bad_escape = _bad_escape(raw)
+        # msgspec also says this of a lone surrogate or a short \u escape near the end.
+        if bad_escape is not None:
+            return bad_escape
+        return (
+            f"is not valid JSON: the {where} ends (byte {len(raw)}) before the value is "
+            "complete: a closing quote, } or ] is missing"
+        )
+    m = _MALFORMED_AT.fullmatch(message)
+    if m is None:
+        return _humanize("", message)
+    what, at = m.group(1), int(m.group(2))
+    if "surrogate" in what or "unicode escape" in what or "hex escape" in what:
+        bad_escape = _bad_escape(raw)
+        if bad_escape is not None:
+            return bad_escape
+    return f"is not valid JSON: {_malformed(raw, what, at)}"
+
+
+def _bad_escape(raw: bytes) -> str | None:
+    """The first \\u escape JSON cannot decode: a lone or unpaired UTF-16 surrogate (a
+    high one, \\ud800-\\udbff, must be followed at once by a low one, \\udc00-\\udfff), or
+    one without four hex digits. Escapes are read left to right, so \\\\ud800 is a backslash
+    and text."""
+    high: re.Match[bytes] | None = None
+    for m in _ESCAPE.finditer(raw):
+        if high is not None:
+            low = m.group(1) is not None and 0xDC00 <= int(m.group(1), 16) <= 0xDFFF
+            if not (low and m.start() == high.end()):
+                return _lone(high, "high", "not followed by a low one (\\udc00-\\udfff)")
+            high = None
+            continue
+        if m.group(0)[1:2] != b"u":
+            continue
+        if m.group(1) is None:
+            return (
+                f"is not valid JSON: a \\u escape at byte {m.start()} needs four hex digits "
+                "(as in \\u00e9)"
+            )
+        code = int(m.group(1), 16)
+        if 0xD800 <= code <= 0xDBFF:
+            high = m
+        elif 0xDC00 <= code <= 0xDFFF:
+            return _lone(m, "low", "not preceded by a high one (\\ud800-\\udbff)")
+    if high is not None:
+        return _lone(high, "high", "not followed by a low one (\\udc00-\\udfff)")
+    return None
+
+
+def _lone(m: re.Match[bytes], kind: str, why: str) -> str:
+    return (
+        f"is not valid JSON: the escape {m.group(0).decode()} at byte {m.start()} is a lone "
+        f"{kind} UTF-16 surrogate, {why}: it stands for no character (a character "
+        "beyond \\uffff is written as a pair, as in \\ud83d\\ude00)"
+    )
+
+
+def _malformed(raw: bytes, what: str, at: int) -> str:
+    """msgspec's "JSON is malformed: WHAT (byte AT)" said plainly."""
+    if what == "trailing characters":
+        # msgspec may point one past the first extra character: point at it.
+        while at > 0 and raw[at - 1 : at] not in (b" ", b"\t", b"\r", b"}", b"]", b'"'):
+            at -= 1
+        return f"more text follows the end of the JSON value at byte {at} (one object per line)"
+    if what.startswith("trailing comma in "):
+        close = "}" if what.endswith("object") else "]"
+        return f"a comma before the closing {close} at byte {at}: remove it"
+    if what == "expected ':'":
+        return f"a ':' is missing after the field name at byte {at}"
+    if what in ("expected ',' or '}'", "expected ',' or ']'"):
+        close = what[-2]
+        return f"a ',' or {close} is missing at byte {at}"
+    if what == "expected '\"'":
+        return f"a field name in double quotes is expected at byte {at}"
+    if what == "object keys must be strings":
+        return f"a field name at byte {at} is not in double quotes"
+    if what == "invalid number":
+        return (
+            f"an invalid number near byte {at} (JSON numbers have no leading zeros and a "
+            "digit on both sides of '.')"
+        )
+    if what in ("invalid escape character in string", "invalid escaped character"):
+        start = raw.rfind(b"\\", 0, at + 1)
+        seq = raw[start : start + 2].decode(errors="replace") if start >= 0 else "\\"
+        return (
+            f"the escape {seq} at byte {max(start, 0)} is not one JSON knows: after a "
+            '\\ come only " \\ / b f n r t or u (write \\\\ for a backslash)'
+        )
+    if what == "invalid character":
+        return _invalid_character(raw, at)
+    return f"{what} (byte {at})"
+
+
+def _invalid_character(raw: bytes, at: int) -> str:
+    control = at < len(raw) and (raw[at] < 0x20 or raw[at] == 0x7F)
+    # msgspec may point into or just past a bare word ("tru}"): blame the whole word.
+    near = [w for w in _WORD.finditer(raw, max(0, at - 5), at + 1) if w.end() >= at - 1]
+    if near and not control:
+        at = near[-1].start()
+        while at > 0 and raw[at - 1 : at].isalpha():
+            at -= 1
+    byte = raw[at] if at < len(raw) else 0
+    if byte < 0x20 or byte == 0x7F:
+        name, escape = _CONTROL_NAMES.get(byte, (f"U+{byte:04X}", f"\\u{byte:04x}"))
+        return (
+            f"a control character ({name}) at byte {at}: inside a string it must be "
+            f"written as {escape}"
+        )
+    rest = raw[at:]
+    ch = rest[:4].decode(errors="ignore")[:1] or chr(byte)
+    if ch == "'":
+        return f"a single quote at byte {at}: JSON puts names and strings in double quotes"
+    if ch in _QUOTES:
+        return f'a typographic quote {ch} at byte {at}: JSON needs plain double quotes (")'
+    if rest.startswith((b"NaN", b"Infinity")):
+        return f"NaN and Infinity (byte {at}) are not JSON numbers"
+    if ch in "/#":
+        return f"a comment at byte {at}: JSON has no comments"
+    if ch in "+.":
+        return f"a number at byte {at} starts with {ch!r}: JSON numbers start with a digit or -"
+    word = _WORD.match(raw, at)
+    if word is not None:
+        return (
+            f"unexpected text {word.group().decode()!r} at byte {at}: strings need double "
+            "quotes, and true, false and null are lower case"
+        )
+    return f"unexpected character {ch!r} at byte {at}"
 
 
 def _rule_rejection(err: TaskRuleError, default_model: str | None, hint: str) -> tuple[str, str]:
@@ -340,13 +512,15 @@ def _jsonl(
             yield _too_long(n, digest, len(raw), max_line_bytes)
             continue
         try:
-            task = _complete(decode_task(raw, strict=True), default_model)
+            task = _complete(decode_user_task(raw), default_model)
         except msgspec.DecodeError as err:
             if not raw.strip():
                 yield InputLine(line=n, digest=digest, task=None, reason=BLANK, skipped=True)
                 continue
-            bad = _utf8_error(raw)
-            field, reason = ("", bad) if bad else _rejection(err)
+            if isinstance(err, msgspec.ValidationError):  # a subclass: the JSON was fine
+                field, reason = _rejection(err)
+            else:
+                field, reason = "", _utf8_error(raw) or explain_json(raw, str(err))
             yield InputLine(line=n, digest=digest, task=None, field=field, reason=reason)
             continue
         except msgspec.ValidationError as err:
@@ -546,7 +720,7 @@ def _csv(
             yield InputLine(line=line, digest=digest, task=None, reason=BLANK, skipped=True)
             continue
         if len(row) != width:
-            reason = f"has {len(row)} cells but the header has {width} columns"
+            reason = f"has {count(len(row), 'cell')} but the header has {count(width, 'column')}"
             yield InputLine(line=line, digest=digest, task=None, reason=reason)
             continue
         if src.bad_utf8:
@@ -629,9 +803,12 @@ def _cell_value(col: str, cell: str) -> object:
     """A CSV cell as the field's type. Raises ValueError with the reason."""
     if col in _INT_FIELDS:
         # Not int(): it also takes "1_000" and non-ASCII digits.
-        if not _INT.fullmatch(cell.strip()):
-            raise ValueError(f"must be an integer, got {cell!r}")
-        return int(cell)
+        if _INT.fullmatch(cell.strip()):
+            return int(cell)
+        # "512.0", as spreadsheets and pandas write whole numbers, is 512.
+        if _FLOAT.fullmatch(cell.strip()) and float(cell).is_integer():
+            return int(float(cell))
+        raise ValueError(f"must be an integer, got {cell!r}")
     if col in _FLOAT_FIELDS:
         # Not float() alone: it also takes "nan", "inf" and "1_0".
         if not _FLOAT.fullmatch(cell.strip()):
@@ -648,7 +825,6 @@ def _cell_value(col: str, cell: str) -> object:
         try:
             return msgspec.json.decode(cell)
         except msgspec.DecodeError as err:
-            raise ValueError(
-                f"must be a JSON list of messages: {_humanize('', str(err))}"
-            ) from None
+            why = explain_json(cell.encode(), str(err), where="cell")
+            raise ValueError(f"must be a JSON list of messages: {why}") from None
     return cell

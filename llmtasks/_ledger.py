@@ -10,6 +10,7 @@ commit well under a millisecond.
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import os
 import secrets
@@ -166,21 +167,33 @@ class Ledger:
 
     def lock(self) -> None:
         """Only one ``submit`` per ledger: a second one would take the first one's calls in
-        flight for those of a dead run. Held until ``close()``; the OS drops it if the
-        process dies, so a killed run never leaves a stale lock."""
+        flight for those of a dead run. Held until ``close()``, which removes the lock file;
+        the OS drops the lock if the process dies, so a killed run never leaves a stale lock
+        (only a file that the next run takes over)."""
         if self.path == ":memory:" or self._lock is not None:
             return
-        f = open(self.path + ".lock", "a+")  # noqa: SIM115 (held open as the lock)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        lock_path = self.path + ".lock"
+        while True:
+            f = open(lock_path, "a+")  # noqa: SIM115 (held open as the lock)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise ConfigError(
+                    f"ledger {self.path} is in use by another submit ({holder}); wait for it "
+                    "to finish or stop it first"
+                ) from None
+            # The holder removes the file before letting go of it: a lock taken on a file
+            # that is no longer at the path guards nothing. Open the path again.
+            try:
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             f.close()
-            raise ConfigError(
-                f"ledger {self.path} is in use by another submit ({holder}); wait for it to "
-                "finish or stop it first"
-            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}")
@@ -188,8 +201,17 @@ class Ledger:
         self._lock = f
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock is not None:
+            # Removed while still held: whoever opens the path from now on gets a new file,
+            # and whoever opened this one before sees it is gone once they hold it (lock()).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path + ".lock")
             self._lock.close()
             self._lock = None
 

@@ -16,6 +16,7 @@ import msgspec
 from llmtasks._errors import AuthError, ConfigError, ServiceError
 from llmtasks._task import ENGINES
 from llmtasks._transport import Transport
+from llmtasks._words import count
 
 _DATED: Final = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 _ALIAS: Final = re.compile(r"^(?P<base>.+?)-(?:0|latest)$")
@@ -124,7 +125,7 @@ def format_table(models: list[ModelInfo], engine: str) -> str:
         for m in models
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    lines = [f"{engine}: {len(models)} models"]
+    lines = [f"{engine}: {count(len(models), 'model')}"]
     for r in [header, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)

@@ -36,10 +36,18 @@ _encode_lines = _encoder.encode_lines
 
 
 def write_jsonl(
-    path: str | os.PathLike[str], ledger: Ledger, *, states: set[str] | None = None
+    path: str | os.PathLike[str],
+    ledger: Ledger,
+    *,
+    states: set[str] | None = None,
+    empty: bool = True,
 ) -> int:
     """One JSON object per line, in input order. Written to a temporary file, then renamed,
-    so a reader never sees half a file. Returns the number of lines written."""
+    so a reader never sees half a file. Returns the number of lines written.
+
+    ``empty=False``: with nothing to write there is no file, and a file left at ``path`` by
+    an earlier run is removed (the ledger, which these files are rebuilt from, no longer
+    backs it)."""
     n = 0
     with _atomic(path) as out:
         buf: list[bytes] = []
@@ -51,6 +59,8 @@ def write_jsonl(
                 buf.clear()
         if buf:
             out.write(b"\n".join(buf) + b"\n")
+    if n == 0 and not empty and os.fspath(path) != "-":
+        Path(path).unlink(missing_ok=True)
     return n
 
 
@@ -198,8 +208,9 @@ class ReceiptStream:
         self._rejects.write(rejected)
         self.receipts += len(out)
         self.rejects += len(rejected)
-        self._receipts.commit()
-        self._rejects.commit()
+        # No empty files (as write_jsonl with empty=False): nothing to say, no file.
+        self._receipts.commit(keep_empty=False)
+        self._rejects.commit(keep_empty=False)
 
     def abort(self) -> None:
         self._receipts.abort()
@@ -212,6 +223,7 @@ class _Partial:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._stdout = os.fspath(path) == "-"
+        self._size = 0
         if self._stdout:
             self._out: BinaryIO = sys.stdout.buffer
             self._tmp = ""
@@ -227,16 +239,24 @@ class _Partial:
 
     def write(self, lines: list[bytes]) -> None:
         if lines:
-            self._out.write(b"\n".join(lines) + b"\n")
+            self.write_raw(b"\n".join(lines) + b"\n")
 
     def write_raw(self, data: bytes) -> None:
+        self._size += len(data)
         self._out.write(data)
 
-    def commit(self) -> None:
+    def commit(self, *, keep_empty: bool = True) -> None:
+        """Put the file in place; with ``keep_empty=False`` an empty one is not kept, and a
+        file an earlier run left at the target goes too (the ledger no longer backs it)."""
         self._out.flush()
-        if not self._stdout:
-            self._out.close()
-            os.replace(self._tmp, self._target)
+        if self._stdout:
+            return
+        self._out.close()
+        if self._size == 0 and not keep_empty:
+            os.unlink(self._tmp)
+            self._target.unlink(missing_ok=True)
+            return
+        os.replace(self._tmp, self._target)
 
     def abort(self) -> None:
         if not self._stdout:

@@ -8,7 +8,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from llmtasks._pace import progress_pace
 from llmtasks._submit import RunStats
+from llmtasks._words import count
 
 
 class _Snapshot:
@@ -24,7 +26,8 @@ class _Snapshot:
         self.unknown = by.get("unknown", 0)
         self.total = total
         elapsed = max(time.monotonic() - started, 1e-9)
-        self.cpm = stats.calls / elapsed * 60
+        # Calls actually made in the last window, never an extrapolation (see _pace).
+        self.pace = progress_pace(stats.window)
         self.cost = stats.cost_usd
         per_s = (self.done - stats.already_done) / elapsed
         left = None if total is None else max(total - self.done, 0)
@@ -46,14 +49,12 @@ class ProgressReporter:
         stats: RunStats,
         *,
         total_lines: int | None,
-        limit_per_minute: float,
         stream: TextIO | None = None,
         interval_s: float | None = None,
         live: bool | None = None,
     ) -> None:
         self.stats = stats
         self.total = total_lines
-        self.limit = limit_per_minute
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.interval_s = interval_s or (0.25 if self.live else 30.0)
@@ -97,12 +98,12 @@ class ProgressReporter:
 
     def _fields(self) -> dict[str, str]:
         s = _Snapshot(self.stats, self.total, self._started)
-        total = f"/{s.total}" if s.total is not None else ""
+        lines = count(s.done, "line") if s.total is None else f"{s.done:,}/{count(s.total, 'line')}"
         return {
-            "lines": f"{s.done}{total} lines",
-            "outcomes": f"{s.created} created {s.rejected} rejected {s.failed} failed "
-            f"{s.unknown} unknown",
-            "pace": f"{s.cpm:.0f}/{self.limit:.0f} calls/min",
+            "lines": lines,
+            "outcomes": f"{s.created:,} created {s.rejected:,} rejected {s.failed:,} failed "
+            f"{s.unknown:,} unknown",
+            "pace": s.pace,
             "tail": f"ETA {s.eta()} ${s.cost:.2f}",
         }
 

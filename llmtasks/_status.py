@@ -6,6 +6,7 @@ import shlex
 from typing import Any
 
 from llmtasks._ledger import Ledger
+from llmtasks._words import count
 
 
 def ledger_status(ledger: Ledger) -> dict[str, Any]:
@@ -87,14 +88,14 @@ def format_status(status: dict[str, Any]) -> str:
     out = [
         f"ledger   {status['ledger']}",
         f"input    {status['input'] or '-'}   engine {status['engine']}   run {status['run_id']}",
-        f"lines    {status['lines']}: "
-        + ", ".join(f"{states[s]} {s}" for s in order if states.get(s)),
-        "codes    " + (", ".join(f"{c}: {n}" for c, n in status["status_codes"].items()) or "-"),
+        f"lines    {status['lines']:,}: "
+        + ", ".join(f"{states[s]:,} {s}" for s in order if states.get(s)),
+        "codes    " + (", ".join(f"{c}: {n:,}" for c, n in status["status_codes"].items()) or "-"),
         f"cost     ${status['cost_usd']:.4f} reported by the service",
-        f"calls    {status['calls']} from {when(status['first_call_at'])} "
+        f"calls    {status['calls']:,} from {when(status['first_call_at'])} "
         f"to {when(status['last_call_at'])}"
         + (
-            f"; {status['calls_sending']} in flight or cut off by a run that died"
+            f"; {status['calls_sending']:,} in flight or cut off by a run that died"
             if status["calls_sending"]
             else ""
         ),
@@ -102,8 +103,8 @@ def format_status(status: dict[str, Any]) -> str:
     for s in status["sessions"]:
         ended = "still running or killed" if s["ended_at"] is None else when(s["ended_at"])
         out.append(
-            f"  run {s['session']}: {when(s['started_at'])} to {ended}, {s['calls']} calls, "
-            f"${s['cost_usd']:.4f}"
+            f"  run {s['session']}: {when(s['started_at'])} to {ended}, "
+            f"{count(s['calls'], 'call')}, ${s['cost_usd']:.4f}"
         )
     if status["next"]:
         out.append("to continue:")

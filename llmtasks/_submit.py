@@ -36,9 +36,10 @@ from llmtasks._errors import (
     LlmtasksError,
     ServiceError,
 )
-from llmtasks._input import InputLine, record_digest
+from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger, pack_lines
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
+from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._task import (
@@ -47,7 +48,6 @@ from llmtasks._task import (
     Task,
     TaskRuleError,
     check_rules,
-    decode_task,
     explain,
 )
 from llmtasks._throttle import (
@@ -65,6 +65,7 @@ from llmtasks._transport import (
     describe_code,
     stop_error,
 )
+from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
 
@@ -89,6 +90,8 @@ class RunStats:
     cost_usd: float = 0.0
     by_state: dict[str, int] = field(default_factory=dict)
     ended: float | None = None
+    window: CallWindow = field(default_factory=lambda: CallWindow(limit=2000, period_s=60.0))
+    """Calls in the last period of the rate limit (what progress and summary show)."""
 
     @property
     def elapsed_s(self) -> float:
@@ -96,7 +99,13 @@ class RunStats:
 
     @property
     def calls_per_minute(self) -> float:
+        """The average over the whole session: not a count in any window (see ``window``)."""
         return self.calls / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
+
+    def note_call(self, at: float) -> None:
+        """One call (retries too), made at ``at`` on ``time.monotonic()``'s clock."""
+        self.calls += 1
+        self.window.note(at)
 
     def count(self, state: str, n: int = 1) -> None:
         self.by_state[state] = self.by_state.get(state, 0) + n
@@ -216,7 +225,7 @@ class Submitter:
         self._ledger_arg = ledger
         self._input_name = input_name
         self.ledger: Ledger | None = None
-        self.stats = RunStats()
+        self.stats = RunStats(window=CallWindow(limit=rate, period_s=period_s))
         self._stop_reason: LlmtasksError | None = None
         self._error: Exception | None = None
         self._interrupted = False
@@ -249,17 +258,18 @@ class Submitter:
         found = self.ledger.recover_interrupted()
         if found:
             log.warning(
-                "%d line(s) were being sent when an earlier run stopped: marked unknown, "
-                "not resent (run 'llmtasks reconcile' to look them up)",
-                found,
+                "%s being sent when an earlier run stopped: marked unknown, not resent (run "
+                "'llmtasks reconcile' to look %s up)",
+                count(found, "line"),
+                "it" if found == 1 else "them",
             )
         if self.resend_unknown:
             n = self.ledger.requeue_unknown()
             if n:
                 log.warning(
-                    "--resend-unknown: sending %d unknown line(s) again; any that the service "
-                    "did create will be charged and answered twice",
-                    n,
+                    "--resend-unknown: sending %s again; any that the service did create "
+                    "will be charged and answered twice",
+                    count(n, "unknown line"),
                 )
         self._writer = self.ledger.writer()
         self._writer.start()
@@ -285,16 +295,30 @@ class Submitter:
     async def __aexit__(self, *exc: object) -> None:
         # An async generator left by ``break`` is closed only when collected: finish it here,
         # before the connection closes under its calls in flight.
-        await self._drain()
-        await self.transport.__aexit__()
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
-        if self.ledger is not None:
+        # Each step even when the one before failed (an abort cancels the drain): the
+        # connection closed, the writes committed, the session recorded, the ledger closed
+        # and its lock file gone.
+        try:
+            await self._drain()
+        finally:
+            try:
+                await self.transport.__aexit__()
+            finally:
+                try:
+                    if self._writer is not None:
+                        writer, self._writer = self._writer, None
+                        await writer.close()
+                finally:
+                    if self.ledger is not None:
+                        self._close_ledger(self.ledger)
+
+    def _close_ledger(self, ledger: Ledger) -> None:
+        try:
             self.stats.ended = self.stats.ended or time.monotonic()
-            self.ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+            ledger.end_session(calls=self.stats.calls, cost=round(self.stats.cost_usd, 6))
+        finally:
             if not isinstance(self._ledger_arg, Ledger):
-                self.ledger.close()
+                ledger.close()
 
     def stop(self) -> None:
         """Graceful stop (Ctrl-C): send nothing new, let in-flight calls finish and record.
@@ -376,9 +400,9 @@ class Submitter:
             if worst > balance:
                 log.warning(
                     "the balance ($%.2f) cannot cover the worst case of this input "
-                    "(%d tasks × $%.4f = $%.2f): the run will stop when it runs out",
+                    "(%s × $%.4f = $%.2f): the run will stop when it runs out",
                     balance,
-                    tasks_hint,
+                    count(tasks_hint, "task"),
                     self.max_task_cost_usd,
                     worst,
                 )
@@ -434,7 +458,7 @@ class Submitter:
                 if prior is not None and prior[0] != il.digest:
                     raise self._changed(f"line {il.line} is not the line recorded")
         if seen < last_known:
-            raise self._changed(f"it has {seen} lines, the ledger recorded {last_known}")
+            raise self._changed(f"it has {count(seen, 'line')}, the ledger recorded {last_known:,}")
 
     def _changed(self, what: str) -> InputError:
         assert self.ledger is not None
@@ -628,6 +652,8 @@ class Submitter:
                 except asyncio.CancelledError:
                     if not self._cut_short():
                         raise
+                # Taken at admission: the limiter's windows are counted from there.
+                called_at = time.monotonic()
                 if self._halted():
                     await self._leave_pending(batch, "not sent: the run stopped")
                     return
@@ -644,7 +670,7 @@ class Submitter:
                     batch_id = await writer.mark_sending(
                         ledger.session_id or 0, packed, len(batch.lines)
                     )
-                    self.stats.calls += 1
+                    self.stats.note_call(called_at)
                     reply = await self.transport.post(self.path, body)
                 except LedgerWriteError as exc:
                     self._error = self._error or exc
@@ -846,7 +872,7 @@ def _to_line(line: int, obj: Task | Mapping[str, Any], default_model: str | None
         return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
     fingerprint = record_digest(raw)
     try:
-        task = decode_task(raw, strict=True)
+        task = decode_user_task(raw)
         if task.model_name is None and default_model:
             task = msgspec.structs.replace(task, model_name=default_model)
         check_rules(task, require_model=True)

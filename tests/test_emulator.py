@@ -288,7 +288,8 @@ async def test_models_lists_each_engine_with_one_not_postable(
         models = reply["tasks"][0]["result"]
         assert reply["tasks"][0]["result_count"] == len(models) > 3
         assert all(
-            set(m) == {"model_name", "web_search_supported", "task_post_supported"} for m in models
+            list(m) == ["model_name", "reasoning", "web_search_supported", "task_post_supported"]
+            for m in models
         )
         blocked = [m["model_name"] for m in models if not m["task_post_supported"]]
         assert blocked
@@ -303,23 +304,30 @@ async def test_models_lists_each_engine_with_one_not_postable(
 
 
 async def test_user_data_reports_limit_and_balance() -> None:
-    config = EmulatorConfig(rate=100, period_s=30.0, funds_usd=5.0)
+    config = EmulatorConfig(rate=100, task_get_rate=50, period_s=30.0, funds_usd=5.0)
     async with Emulator(config) as emu, aiohttp.ClientSession(headers=AUTH) as s:
         await post(s, emu, [OK_TASK] * 10)
         async with s.get(emu.base_url + "/v3/appendix/user_data") as resp:
             reply = orjson.loads(await resp.read())
         [user] = reply["tasks"][0]["result"]
         assert user["login"] == "login"
-        assert user["rates"]["limits"]["minute"]["ai_optimization"] == 200
+        minute = user["rates"]["limits"]["minute"]
+        assert minute["ai_optimization"]["llm_responses"] == {
+            "live": 2000,
+            "task_post": 200,
+            "tasks_ready": 20,
+            "task_get": 100,
+            "models": 2000,
+        }
+        assert minute["total"] == minute["total_ai_optimization"] == 2000
         assert user["money"]["total"] == 5.0
         assert user["money"]["balance"] == pytest.approx(5.0 - 10 * 0.0102)
         assert emu.balance_usd == pytest.approx(5.0 - 10 * 0.0102)
     async with Emulator() as emu, aiohttp.ClientSession(headers=AUTH) as s:
         async with s.get(emu.base_url + "/v3/appendix/user_data") as resp:
             reply = orjson.loads(await resp.read())
-        assert (
-            reply["tasks"][0]["result"][0]["rates"]["limits"]["minute"]["ai_optimization"] == 2000
-        )
+        minute = reply["tasks"][0]["result"][0]["rates"]["limits"]["minute"]
+        assert minute["ai_optimization"]["llm_responses"]["task_post"] == 2000
         assert emu.balance_usd is None
 
 
@@ -357,8 +365,9 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("o3-tokens-4097", {"model_name": "o3", "max_output_tokens": 4097}, "max_output_tokens"),
     ("gpt-tokens-16", {"max_output_tokens": 16}, None),
     ("gpt-tokens-15", {"max_output_tokens": 15}, "max_output_tokens"),
-    ("gpt-tokens-2048", {"max_output_tokens": 2048}, None),
-    ("gpt-tokens-2049", {"max_output_tokens": 2049}, "max_output_tokens"),
+    ("gpt-tokens-2049", {"max_output_tokens": 2049}, None),  # 4096 for every model since 2026
+    ("gpt-tokens-4096", {"max_output_tokens": 4096}, None),
+    ("gpt-tokens-4097", {"max_output_tokens": 4097}, "max_output_tokens"),
     ("tokens-not-int", {"max_output_tokens": "big"}, "max_output_tokens"),
     ("temperature-0", {"temperature": 0}, None),
     ("temperature-2", {"temperature": 2}, None),
@@ -368,7 +377,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("top_p-1", {"top_p": 1}, None),
     ("top_p-1.01", {"top_p": 1.01}, "top_p"),
     ("o1-temperature", {"model_name": "o1", "temperature": 0.5}, "temperature"),
-    ("o1-top_p", {"model_name": "o1", "top_p": 0.5}, "top_p"),
+    ("o1-top_p", {"model_name": "o1", "top_p": 0.5}, None),  # 2026: top_p on every model
     ("o1-temperature-null", {"model_name": "o1", "temperature": None, "top_p": None}, None),
     ("o4-mini-temperature", {"model_name": "o4-mini", "temperature": 1}, "temperature"),
     ("web-search-unsupported", {"model_name": "gpt-4.1-nano", "web_search": True}, "web_search"),

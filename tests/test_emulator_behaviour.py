@@ -87,14 +87,56 @@ async def test_a_burst_over_the_rate_gets_40202_and_creates_nothing(
         limited = [r for _, r in replies if r["status_code"] == 40202]
         assert all(r["tasks"] is None for r in limited)
         assert len(emu.created) == 5
-        # task_get and models count too; user_data does not.
+        # models and task_get are budgets of their own; user_data is free.
         _, reply = await call(http, emu, "GET", LLM.format(se="chat_gpt") + "/models")
-        assert reply["status_code"] == 40202
+        assert reply["status_code"] == 20000
         _, reply = await call(http, emu, "GET", "/v3/appendix/user_data")
         assert reply["status_code"] == 20000
-        assert peak_in_window(emu.calls, 60.0) == 6  # 5 task_post + user_data, which is free
-        limited_paths = [c for c in emu.calls if "user_data" not in c.path]
-        assert peak_in_window(limited_paths, 60.0) == 5
+        posts = [c for c in emu.calls if c.path.endswith("/task_post")]
+        assert peak_in_window(posts, 60.0) == 5
+
+
+async def test_each_function_has_its_own_budget(http: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(rate=2, task_get_rate=3, models_rate=1)
+    async with Emulator(config) as emu:
+        llm = LLM.format(se="chat_gpt")
+        posts = [(await post_tasks(http, emu, [OK_TASK]))[1]["status_code"] for _ in range(3)]
+        assert posts == [20000, 20000, 40202]
+        task_id = emu.created[0].id
+        gets = [
+            (await call(http, emu, "GET", f"{llm}/task_get/{task_id}"))[1]["status_code"]
+            for _ in range(4)
+        ]
+        assert gets == [20000, 20000, 20000, 40202]
+        models = [(await call(http, emu, "GET", f"{llm}/models"))[1]["status_code"] for _ in "ab"]
+        assert models == [20000, 40202]
+
+
+async def test_refused_calls_count_toward_the_window(http: aiohttp.ClientSession) -> None:
+    async with Emulator(EmulatorConfig(rate=2, period_s=1.0)) as emu:
+        codes = [(await post_tasks(http, emu, [OK_TASK]))[1]["status_code"] for _ in range(3)]
+        assert codes == [20000, 20000, 40202]
+        await asyncio.sleep(0.6)
+        # The first two leave the window after 1 s, the refused third only 1 s after it.
+        codes = [(await post_tasks(http, emu, [OK_TASK]))[1]["status_code"] for _ in range(2)]
+        assert codes == [40202, 40202]
+        await asyncio.sleep(0.5)
+        # Now only the calls of 0.5 s ago are in the window: two of them, the limit.
+        _, reply = await post_tasks(http, emu, [OK_TASK])
+        assert reply["status_code"] == 40202
+        await asyncio.sleep(1.05)
+        _, reply = await post_tasks(http, emu, [OK_TASK])
+        assert reply["status_code"] == 20000
+        assert len(emu.created) == 3
+
+
+async def test_total_rate_spans_every_function(http: aiohttp.ClientSession) -> None:
+    async with Emulator(EmulatorConfig(total_rate=3)) as emu:
+        llm = LLM.format(se="chat_gpt")
+        codes = [(await post_tasks(http, emu, [OK_TASK]))[1]["status_code"] for _ in "ab"]
+        codes.append((await call(http, emu, "GET", f"{llm}/models"))[1]["status_code"])
+        codes.append((await call(http, emu, "GET", f"{llm}/tasks_ready"))[1]["status_code"])
+        assert codes == [20000, 20000, 20000, 40202]
 
 
 async def test_the_window_slides(http: aiohttp.ClientSession) -> None:
@@ -117,12 +159,8 @@ async def test_tasks_ready_and_id_list_have_their_own_limits(
             _, reply = await call(http, emu, "GET", LLM.format(se="claude") + "/tasks_ready")
             codes.append(reply["status_code"])
         assert codes == [20000, 20000, 40202]
-        query = [
-            {
-                "datetime_from": "2026-01-01 00:00:00 +00:00",
-                "datetime_to": "2030-01-01 00:00:00 +00:00",
-            }
-        ]
+        now = emu.now_unix
+        query = [{"datetime_from": stamp(now - 3600), "datetime_to": stamp(now)}]
         codes = [
             (await call(http, emu, "POST", "/v3/ai_optimization/id_list", query))[1]["status_code"]
             for _ in range(2)
@@ -193,11 +231,11 @@ async def test_task_post_tasks_ready_task_get_life_cycle(http: aiohttp.ClientSes
 async def test_task_get_of_an_unknown_id_is_a_task_error(http: aiohttp.ClientSession) -> None:
     async with Emulator() as emu:
         got = await task_get(http, emu, "01010101-0000-0000-0000-000000000000")
-        assert got["status_code"] == 40400 and got["result"] is None
+        assert got["status_code"] == 40401 and got["result"] is None
         _, reply = await post_tasks(http, emu, [OK_TASK])
         # A task of another engine is not found under this one.
         got = await task_get(http, emu, reply["tasks"][0]["id"], se="claude")
-        assert got["status_code"] == 40400
+        assert got["status_code"] == 40401
 
 
 async def test_tasks_ready_shows_at_most_1000(http: aiohttp.ClientSession) -> None:
@@ -223,8 +261,8 @@ async def test_id_list_by_time_window_with_metadata(http: aiohttp.ClientSession)
     async with Emulator(EmulatorConfig(completion_delay_s=30.0)) as emu:
         _, reply = await post_tasks(http, emu, [{**OK_TASK, "tag": f"t{i}"} for i in range(5)])
         ids = [t["id"] for t in reply["tasks"]]
-        now = time.time()
-        window = {"datetime_from": stamp(now - 60), "datetime_to": stamp(now + 60)}
+        now = emu.now_unix
+        window = {"datetime_from": stamp(now - 60), "datetime_to": stamp(now)}
         queries = [
             {**window, "include_metadata": True},
             {**window, "sort": "desc", "limit": 2, "offset": 1},

@@ -52,7 +52,8 @@ async def test_emulate_prints_its_url_serves_and_stops_on_signal(sig: signal.Sig
             assert reply["tasks"][0]["status_code"] == 20100
             async with s.get(url + "/v3/appendix/user_data") as resp:
                 user = orjson.loads(await resp.read())["tasks"][0]["result"][0]
-            assert user["rates"]["limits"]["minute"]["ai_optimization"] == 5
+            limits = user["rates"]["limits"]["minute"]["ai_optimization"]["llm_responses"]
+            assert limits["task_post"] == 5
             async with s.get(url + "/_emulator/created") as resp:
                 created = orjson.loads(await resp.read())
         assert [c["tag"] for c in created] == ["cli"]
@@ -67,7 +68,31 @@ async def test_emulate_prints_its_url_serves_and_stops_on_signal(sig: signal.Sig
 
 def test_emulate_options_reach_the_server() -> None:
     proc, url = start(
-        "--no-record", "--fail-rate", "1", "--max-in-flight", "7", "--completion-delay", "2"
+        "--no-record",
+        "--fail-rate",
+        "1",
+        "--max-in-flight",
+        "7",
+        "--completion-delay",
+        "2",
+        "--task-get-rate",
+        "300",
+        "--models-rate",
+        "9",
+        "--total-rate",
+        "4000",
+        "--task-fail-rate",
+        "0.25",
+        "--results-ttl",
+        "60",
+        "--clock-offset",
+        "-30",
+        "--user-data-shape",
+        "flat",
+        "--sampling-together",
+        "refuse",
+        "--gemini-search-options",
+        "refuse",
     )
     try:
         with urllib.request.urlopen(url + "/_emulator/config", timeout=10) as resp:  # loopback
@@ -76,6 +101,14 @@ def test_emulate_options_reach_the_server() -> None:
         assert config["fail_rate"] == 1.0
         assert config["max_in_flight"] == 7
         assert config["completion_delay_s"] == 2.0
+        assert (config["task_get_rate"], config["models_rate"], config["total_rate"]) == (
+            300,
+            9,
+            4000,
+        )
+        assert (config["task_fail_rate"], config["results_ttl_s"]) == (0.25, 60.0)
+        assert config["clock_offset_s"] == -30.0 and config["user_data_shape"] == "flat"
+        assert config["sampling_together"] == config["gemini_search_options"] == "refuse"
         assert config["login"] == "login" and config["password"] == "password"
     finally:
         proc.send_signal(signal.SIGTERM)

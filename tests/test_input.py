@@ -125,7 +125,12 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
         (1, task("hello", "gpt-4o")),
         (2, "modle_name", "unknown field"),
         (3, "user_prompt", "must be a string, got an integer"),
-        (4, "", "is not valid JSON: it ends before the value is complete"),
+        (
+            4,
+            "",
+            "is not valid JSON: the line ends (byte 43) before the value is complete: a "
+            "closing quote, } or ] is missing",
+        ),
         (5, "", "must be a JSON object of task fields, got a list"),
         (6, "", "blank line"),
         (7, "", "blank line"),
@@ -139,7 +144,12 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
         (15, task("café", "gpt-4o", tag="t1", web_search=True)),
         (16, "", "must be a JSON object of task fields, got a string"),
         (17, "model_name", "is required (set model_name in the input or give --model)"),
-        (18, "", "is not valid JSON: trailing characters (byte 46)"),
+        (
+            18,
+            "",
+            "is not valid JSON: more text follows the end of the JSON value at byte 45 (one "
+            "object per line)",
+        ),
     ]
     assert [il.skipped for il in got] == [i in (6, 7) for i in range(1, 19)]
     assert isinstance(got[0].task, StrictTask)
@@ -204,7 +214,7 @@ def test_jsonl_huge_line_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
     got = read(path, default_model="m", max_line_bytes=1000)
     assert [outcome(il) for il in got] == [
         (1, task("a", "m")),
-        (2, "", f"is longer than 1000 bytes ({len(huge)} bytes)"),
+        (2, "", f"is longer than 1,000 bytes ({len(huge):,} bytes)"),
         (3, task("b", "m")),
     ]
     assert got[1].digest == blake(huge)
@@ -225,7 +235,7 @@ def test_line_length_limit_is_exact(tmp_path: Path, size: int, ending: bytes, fi
     if size <= 1000:
         assert last.field == "user_prompt"  # too long for a prompt, but read whole
     else:
-        assert last.reason == f"is longer than 1000 bytes ({size} bytes)"
+        assert last.reason == f"is longer than 1,000 bytes ({size:,} bytes)"
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -323,8 +333,8 @@ def test_csv_good_and_bad_rows(tmp_path: Path) -> None:
         (
             9,
             "message_chain",
-            "must be a JSON list of messages: is not valid JSON: it ends before the value is "
-            "complete",
+            "must be a JSON list of messages: is not valid JSON: the cell ends (byte 16) before "
+            "the value is complete: a closing quote, } or ] is missing",
         ),
         (10, "message_chain[0].role", "Invalid enum value 'x'"),
         (11, "", "has 2 cells but the header has 7 columns"),
@@ -368,7 +378,7 @@ def test_csv_huge_record_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
     unterminated = b'"never closed\n' + b"more\n" * 300
     data = b"user_prompt,model_name\na,m\n" + huge_line + b"\nb,m\n" + unterminated
     got = read(write(tmp_path, "in.csv", data), max_line_bytes=1000)
-    too_long = "is longer than 1000 bytes"
+    too_long = "is longer than 1,000 bytes"
     # The open quote on line 5 swallows lines until the record passes 1000 bytes, which is
     # on line 203 (13 + 198 * 5 > 1000); reading resumes on line 204, one record a line.
     assert [(il.line, il.reason.split(" (")[0]) for il in got] == [
@@ -376,10 +386,10 @@ def test_csv_huge_record_is_rejected_and_reading_goes_on(tmp_path: Path) -> None
         (3, too_long),
         (4, ""),
         (5, too_long),
-        *[(n, "has 1 cells but the header has 2 columns") for n in range(204, 306)],
+        *[(n, "has 1 cell but the header has 2 columns") for n in range(204, 306)],
     ]
     assert got[1].digest == blake(huge_line)
-    assert got[1].reason == f"{too_long} ({len(huge_line)} bytes)"
+    assert got[1].reason == f"{too_long} ({len(huge_line):,} bytes)"
 
 
 @pytest.mark.parametrize(
@@ -701,3 +711,163 @@ def test_a_field_given_twice_is_rejected_not_silently_dropped(tmp_path: Path) ->
         ("", False),
     ]
     assert "given twice" in got[0].reason
+
+
+# --- whole-number floats in integer fields ---------------------------------------------------
+
+
+def test_whole_number_floats_are_integers_in_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = write(
+        tmp_path,
+        "in.jsonl",
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "max_output_tokens": 512.0}\n'
+        b'{"user_prompt": "b", "model_name": "gpt-4o", "max_output_tokens": 5.12e2}\n'
+        b'{"user_prompt": "c", "model_name": "gpt-4o", "max_output_tokens": 512.5}\n'
+        b'{"user_prompt": "d", "model_name": "gpt-4o", "max_output_tokens": 5.0}\n'
+        b'{"user_prompt": "e", "model_name": "gpt-4o", "max_output_tokens": 512.0, "x": 1}\n',
+    )
+    got = read(jsonl)
+    assert [outcome(il) for il in got] == [
+        (1, task("a", "gpt-4o", max_output_tokens=512)),
+        (2, task("b", "gpt-4o", max_output_tokens=512)),
+        (3, "max_output_tokens", "must be an integer, got a number"),
+        (4, "max_output_tokens", "must be 16..2048 for non-reasoning model 'gpt-4o'"),
+        (5, "x", "unknown field"),
+    ]
+    assert got[0].task is not None and type(got[0].task.max_output_tokens) is int
+    # What is POSTed: the integer, not 512.0.
+    assert b'"max_output_tokens":512}' in msgspec.json.encode(got[0].task)
+    # The digest is of the line as written: a resume compares the same bytes.
+    assert got[0].digest == blake(
+        b'{"user_prompt": "a", "model_name": "gpt-4o", "max_output_tokens": 512.0}'
+    )
+
+    csv_path = write(
+        tmp_path,
+        "in.csv",
+        b"user_prompt,model_name,max_output_tokens\na,gpt-4o,512.0\nb,gpt-4o, 512.5\n"
+        b"c,gpt-4o,5.12e2\nd,gpt-4o,nan\n",
+    )
+    assert [outcome(il) for il in read(csv_path)] == [
+        (2, task("a", "gpt-4o", max_output_tokens=512)),
+        (3, "max_output_tokens", "must be an integer, got ' 512.5'"),
+        (4, task("c", "gpt-4o", max_output_tokens=512)),
+        (5, "max_output_tokens", "must be an integer, got 'nan'"),
+    ]
+
+
+# --- JSON decoding errors, in words ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b'{"user_prompt": "\\ud800", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\ud800 at byte 17 is a lone high UTF-16 "
+            "surrogate, not followed by a low one (\\udc00-\\udfff): it stands for no character "
+            "(a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (  # msgspec calls this one "Input data was truncated"
+            b'{"user_prompt": "\\ud800"}',
+            "is not valid JSON: the escape \\ud800 at byte 17 is a lone high UTF-16 "
+            "surrogate, not followed by a low one (\\udc00-\\udfff): it stands for no character "
+            "(a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (
+            b'{"user_prompt": "ok \\ud83d\\ude00 then \\udc00", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\udc00 at byte 38 is a lone low UTF-16 "
+            "surrogate, not preceded by a high one (\\ud800-\\udbff): it stands for no "
+            "character (a character beyond \\uffff is written as a pair, as in \\ud83d\\ude00)",
+        ),
+        (
+            b'{"user_prompt": "a\\u12", "model_name": "gpt-4o"}',
+            "is not valid JSON: a \\u escape at byte 18 needs four hex digits (as in \\u00e9)",
+        ),
+        (
+            b'{"user_prompt": "a\\qb", "model_name": "gpt-4o"}',
+            "is not valid JSON: the escape \\q at byte 18 is not one JSON knows: after a \\ "
+            'come only " \\ / b f n r t or u (write \\\\ for a backslash)',
+        ),
+        (
+            b'{"user_prompt": "a\tb", "model_name": "gpt-4o"}',
+            "is not valid JSON: a control character (a tab) at byte 18: inside a string it "
+            "must be written as \\t",
+        ),
+        (
+            b'{"user_prompt": "a\x01b", "model_name": "gpt-4o"}',
+            "is not valid JSON: a control character (U+0001) at byte 18: inside a string it "
+            "must be written as \\u0001",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"} x',
+            "is not valid JSON: more text follows the end of the JSON value at byte 45 (one "
+            "object per line)",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"}{}',
+            "is not valid JSON: more text follows the end of the JSON value at byte 44 (one "
+            "object per line)",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o"',
+            "is not valid JSON: the line ends (byte 43) before the value is complete: a "
+            "closing quote, } or ] is missing",
+        ),
+        (
+            b'{"user_prompt": "a", "model_name": "gpt-4o",}',
+            "is not valid JSON: a comma before the closing } at byte 44: remove it",
+        ),
+        (
+            b'{"user_prompt" "a", "model_name": "gpt-4o"}',
+            "is not valid JSON: a ':' is missing after the field name at byte 15",
+        ),
+        (
+            b'{"user_prompt": "a" "model_name": "gpt-4o"}',
+            "is not valid JSON: a ',' or } is missing at byte 20",
+        ),
+        (
+            b"{'user_prompt': 'a'}",
+            "is not valid JSON: a field name at byte 1 is not in double quotes",
+        ),
+        (
+            b"{\"user_prompt\": 'a'}",
+            "is not valid JSON: a single quote at byte 16: JSON puts names and strings in "
+            "double quotes",
+        ),
+        (
+            b'{"user_prompt": \xe2\x80\x9ca\xe2\x80\x9d}',
+            "is not valid JSON: a typographic quote \u201c at byte 16: JSON needs plain double "
+            'quotes (")',
+        ),
+        (
+            b'{"user_prompt": tru}',
+            "is not valid JSON: unexpected text 'tru' at byte 16: strings need double quotes, "
+            "and true, false and null are lower case",
+        ),
+        (
+            b'{"user_prompt": "a", "temperature": NaN}',
+            "is not valid JSON: NaN and Infinity (byte 36) are not JSON numbers",
+        ),
+        (
+            b'{"user_prompt": "a", "max_output_tokens": 0100}',
+            "is not valid JSON: an invalid number near byte 43 (JSON numbers have no leading "
+            "zeros and a digit on both sides of '.')",
+        ),
+        (
+            b'{"user_prompt": "a", "max_output_tokens": +100}',
+            "is not valid JSON: a number at byte 42 starts with '+': JSON numbers start with "
+            "a digit or -",
+        ),
+        (b"// a comment", "is not valid JSON: a comment at byte 0: JSON has no comments"),
+        (b'{"user_prompt": "caf\xe9"}', "is not valid UTF-8 (byte 20)"),
+    ],
+)
+def test_json_errors_in_words_with_the_byte_offset(tmp_path: Path, raw: bytes, reason: str) -> None:
+    (got,) = read(write(tmp_path, "in.jsonl", raw + b"\n"))
+    assert (got.task, got.field, got.reason) == (None, "", reason)
+
+
+def test_an_escaped_backslash_is_not_a_surrogate_escape(tmp_path: Path) -> None:
+    (got,) = read(write(tmp_path, "in.jsonl", b'{"user_prompt": "\\\\ud800", "model_name": "m"}'))
+    assert got.task is not None and got.task.user_prompt == "\\ud800"

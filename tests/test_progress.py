@@ -54,7 +54,9 @@ def test_live_bar_on_a_terminal(emulator, tmp_path: Path) -> None:
     assert "━" in plain  # the bar
     assert "120/120 lines" in plain
     assert "120 created 0 rejected 0 failed 0 unknown" in plain
-    assert "calls/min" in plain and "ETA" in plain
+    assert "in the last 60 s" not in plain  # the run is shorter than one window
+    assert re.search(r"\b\d+ calls? so far in [0-9.]+ s, limit 2,000 per 60 s", plain)
+    assert "ETA" in plain and "calls/min" not in plain
     assert "/120 lines" in plain.split("120/120 lines")[0]  # it was drawn before the end too
 
 

@@ -188,4 +188,4 @@ def test_receiver_answers_foreign_and_broken_deliveries(
     assert recv.finish(30) == 0
     results = read_jsonl(out)
     assert [(r["line"], r["task_id"]) for r in results] == [(2, task_id)]
-    assert "1 results stored, 1 duplicates, 2 not in the ledger" in recv.stderr
+    assert "1 result stored, 1 duplicate, 2 not in the ledger" in recv.stderr

@@ -23,8 +23,11 @@ from tests.conftest import read_jsonl, run_cli, spawn_cli, write_prompts
 
 def _ledger_rows(path: Path) -> dict[int, tuple[str, str | None, str | None]]:
     """line -> (state, tag, task_id); lines of a batch still marked sending (a killed run's
-    calls in flight, which the next run marks unknown) read as "sending"."""
+    calls in flight, which the next run marks unknown) read as "sending". A run killed
+    before it made its tables has recorded (and sent) nothing yet."""
     with sqlite3.connect(path) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
+            return {}
         in_flight: set[int] = set()
         for (packed,) in db.execute("SELECT lines FROM batches WHERE state = 'sending'"):
             in_flight.update(array.array("q", packed).tolist())
@@ -54,9 +57,10 @@ def _assert_consistent(emu: Any, ledger: Path, n_lines: int) -> None:
 
 def _finish(emu: Any, src: Path, ledger: Path, *submit_args: str, rounds: int = 12) -> None:
     """What a user does after trouble: reconcile, then the same submit again, until done."""
+    n_lines = len(src.read_bytes().splitlines())
     for _ in range(rounds):
         states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
-        if set(states) <= {"created"}:
+        if states == {"created": n_lines}:
             return
         if states.get("unknown"):
             r = run_cli(
@@ -65,7 +69,7 @@ def _finish(emu: Any, src: Path, ledger: Path, *submit_args: str, rounds: int = 
             assert r.returncode == 0, r.stderr
             assert "unknown" not in Counter(s for s, _, _ in _ledger_rows(ledger).values())
         run_cli("submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), *submit_args)
-        _assert_consistent(emu, ledger, len(src.read_bytes().splitlines()))
+        _assert_consistent(emu, ledger, n_lines)
     raise AssertionError(f"not finished after {rounds} rounds: {states}")
 
 
@@ -228,6 +232,7 @@ def test_signal_drains_in_flight_and_exits_130(emulator, tmp_path: Path, sig: in
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert not Path(f"{ledger}.lock").exists()  # removed on a graceful stop too
     states = Counter(s for s, _, _ in _ledger_rows(ledger).values())
     assert "unknown" not in states and "sending" not in states  # in-flight calls were recorded
     assert states["created"] == len(emu.created()) > 0

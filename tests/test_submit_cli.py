@@ -300,3 +300,66 @@ def test_one_submit_per_ledger_at_a_time(emulator, tmp_path: Path) -> None:
     assert first.returncode == 0, err
     assert len(emu.created()) == 100  # the second run neither sent nor disturbed anything
     assert run_cli("submit", str(src), "--base-url", emu.url).returncode == 0  # lock released
+
+
+def test_no_empty_output_files_and_no_lock_file_left(emulator, tmp_path: Path) -> None:
+    emu = emulator()
+    good = b'{"user_prompt": "a", "model_name": "gpt-4.1-mini"}\n'
+    r = run_cli("submit", "-", "--base-url", emu.url, cwd=tmp_path, stdin=good * 3)
+    assert r.returncode == 0, r.stderr
+    assert len(read_jsonl(tmp_path / "stdin.receipts.jsonl")) == 3
+    assert not (tmp_path / "stdin.rejects.jsonl").exists()  # nothing rejected: no file
+    assert not (tmp_path / "stdin.ledger.sqlite.lock").exists()
+    assert "reject" not in r.stderr.splitlines()[-1]
+
+    bad = b'{"user_prompt": "b"}\n'
+    ledger = str(tmp_path / "two.sqlite")
+    r = run_cli(
+        "submit", "-", "--base-url", emu.url, "--ledger", ledger, cwd=tmp_path, stdin=good + bad
+    )
+    assert r.returncode == 1, r.stderr
+    assert [x["line"] for x in read_jsonl(tmp_path / "stdin.rejects.jsonl")] == [2]
+    assert "1 reject in " in r.stderr
+    # A later run whose ledger has no rejects does not leave the earlier file behind.
+    r = run_cli("submit", "-", "--base-url", emu.url, cwd=tmp_path, stdin=good * 3)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "stdin.rejects.jsonl").exists()
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    r = run_cli("submit", str(empty), "--base-url", emu.url)
+    assert r.returncode == 0, r.stderr
+    assert "no receipts: the input has no lines" in r.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("empty.jsonl."))
+    assert left == ["empty.jsonl.ledger.sqlite"]  # no empty receipts, no lock
+
+    # An error exit (the service refuses the credentials) removes the lock too.
+    refused = run_cli(
+        "submit", str(empty), "--base-url", emu.url, env=cli_env(DATAFORSEO_PASSWORD="wrong")
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert not (tmp_path / "empty.jsonl.ledger.sqlite.lock").exists()
+
+
+def test_a_second_ctrl_c_still_removes_the_lock(emulator, tmp_path: Path) -> None:
+    import signal
+
+    emu = emulator("--latency-ms", "400")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 200)
+    proc = spawn_cli(
+        "submit", str(src), "--base-url", emu.url, "--batch-size", "5", "--concurrency", "2"
+    )
+    lock = tmp_path / "in.jsonl.ledger.sqlite.lock"
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert time.monotonic() < deadline, "the submit never took the ledger"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # the user means it: abort
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not lock.exists(), err
+    assert "Unclosed" not in err  # the connection was closed on the way out, too

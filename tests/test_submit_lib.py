@@ -108,3 +108,58 @@ def test_bad_configuration_is_refused_up_front() -> None:
     with pytest.raises(ConfigError) as info:
         Submitter(login="a", password="b", base_url="https://user:secret@example.com")
     assert "secret" not in str(info.value)
+
+
+def test_the_lock_file_goes_with_the_lock_and_a_stale_handle_cannot_take_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    from llmtasks import ConfigError
+    from llmtasks import _ledger as ledger_module
+
+    path = tmp_path / "run.sqlite"
+    lock = tmp_path / "run.sqlite.lock"
+    first = Ledger.open(path)
+    first.lock()
+    assert lock.read_text() == f"pid {__import__('os').getpid()}"
+    # The race: a second process opens the lock file, then the first one ends (removing the
+    # file and letting go) before the second one takes the lock on what it opened.
+    second = Ledger.open(path)
+    real_open = builtins.open
+    opened: list[str] = []
+
+    def open_then_first_ends(file: str, *args: object, **kw: object) -> object:
+        f = real_open(file, *args, **kw)  # type: ignore[call-overload]
+        opened.append(file)
+        if len(opened) == 1:
+            first.close()
+        return f
+
+    monkeypatch.setattr(ledger_module, "open", open_then_first_ends, raising=False)
+    second.lock()
+    monkeypatch.undo()
+    assert len(opened) == 2  # the lock on the removed file was let go; the path was opened again
+    assert lock.exists()
+    third = Ledger.open(path)
+    with pytest.raises(ConfigError, match="in use by another submit"):
+        third.lock()
+    third.close()
+    assert lock.exists()  # a refused submit leaves the holder's file alone
+    second.close()
+    assert not lock.exists()
+
+
+async def test_whole_number_floats_are_sent_as_integers() -> None:
+    async with Emulator() as emu:
+        tasks: list[object] = [
+            {"user_prompt": "dict", "model_name": "gpt-4o", "max_output_tokens": 512.0},
+            Task(user_prompt="struct", model_name="gpt-4o", max_output_tokens=512.0),  # type: ignore[arg-type]
+            {"user_prompt": "half", "model_name": "gpt-4o", "max_output_tokens": 512.5},
+        ]
+        async with _submitter(emu) as sub:
+            receipts = {r.line: r for r in [r async for r in sub.submit(tasks)]}  # type: ignore[arg-type]
+        assert [receipts[i].state for i in (1, 2, 3)] == ["created", "created", "rejected"]
+        assert receipts[3].field == "max_output_tokens"
+        sent = [t.data["max_output_tokens"] for t in emu.created]
+        assert sent == [512, 512] and all(type(v) is int for v in sent)

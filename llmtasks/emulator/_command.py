@@ -38,7 +38,25 @@ def register(subparsers: Any) -> None:
         "--rate",
         type=int,
         default=None,
-        help="task_post+task_get+models calls allowed per --period (default: no limit)",
+        help="task_post calls allowed per --period (default: no limit)",
+    )
+    p.add_argument(
+        "--task-get-rate",
+        type=int,
+        default=None,
+        help="task_get calls allowed per --period, a budget of its own (default: no limit)",
+    )
+    p.add_argument(
+        "--models-rate",
+        type=int,
+        default=None,
+        help="models calls allowed per --period (default: no limit)",
+    )
+    p.add_argument(
+        "--total-rate",
+        type=int,
+        default=None,
+        help="all limited calls per minute together (default: no limit)",
     )
     p.add_argument("--period", type=float, default=d.period_s, help="rate window, seconds (60)")
     p.add_argument(
@@ -101,7 +119,43 @@ def register(subparsers: Any) -> None:
         default=d.spurious_401_rate,
         help="fraction of calls answered 401 despite right credentials (default 0)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed for faults and ids")
+    p.add_argument(
+        "--task-fail-rate",
+        type=float,
+        default=d.task_fail_rate,
+        help="fraction of created tasks that fail on the service, refunded (default 0)",
+    )
+    p.add_argument(
+        "--results-ttl",
+        type=float,
+        default=d.results_ttl_s,
+        help="seconds a done task's result stays available, then 40403 (default 30 days)",
+    )
+    p.add_argument(
+        "--clock-offset",
+        type=float,
+        default=d.clock_offset_s,
+        help="seconds the service's clock is ahead of this machine's (default 0)",
+    )
+    p.add_argument(
+        "--user-data-shape",
+        choices=("nested", "flat"),
+        default=d.user_data_shape,
+        help="user_data limits as documented in 2026 (nested) or an older account's (flat)",
+    )
+    p.add_argument(
+        "--sampling-together",
+        choices=("accept", "refuse"),
+        default=d.sampling_together,
+        help="chat_gpt/claude temperature with top_p, unsettled in the docs (default accept)",
+    )
+    p.add_argument(
+        "--gemini-search-options",
+        choices=("accept", "refuse"),
+        default=d.gemini_search_options,
+        help="gemini force_web_search/country/city, unsettled in the docs (default accept)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for faults, ids and results")
     p.add_argument(
         "--record",
         action=argparse.BooleanOptionalAction,
@@ -116,6 +170,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         login=args.login,
         password=args.password,
         rate=args.rate,
+        task_get_rate=args.task_get_rate,
+        models_rate=args.models_rate,
+        total_rate=args.total_rate,
         period_s=args.period,
         max_in_flight=args.max_in_flight,
         tasks_ready_rate=args.tasks_ready_rate,
@@ -127,6 +184,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         funds_usd=args.funds_usd,
         task_cost_usd=args.task_cost_usd,
         spurious_401_rate=args.spurious_401_rate,
+        task_fail_rate=args.task_fail_rate,
+        results_ttl_s=args.results_ttl,
+        clock_offset_s=args.clock_offset,
+        user_data_shape=args.user_data_shape,
+        sampling_together=args.sampling_together,
+        gemini_search_options=args.gemini_search_options,
         seed=args.seed,
         record=args.record,
     )

@@ -4,7 +4,8 @@ As documented: once the task is done the service POSTs its result, the task_get 
 compressed with gzip, to ``postback_url``, or GETs ``pingback_url``; ``$id`` and ``$tag`` in
 the URL are replaced by the task id and the url-encoded tag. The receiver has 10 s to answer;
 when delivery fails (timeout, connection error, a status other than 2xx) the task goes to
-tasks_ready instead. A delivered task never appears in tasks_ready, but task_get still works.
+tasks_ready instead. A delivered postback task never appears in tasks_ready; a pingback task
+is listed there until fetched (as documented). task_get works for both.
 
 Completion in the emulator is lazy (readiness is worked out on read), so pushing needs an
 active sender: one background task that sleeps until the next completion time, and exists

@@ -3,9 +3,10 @@
 Every API call goes through ``_serve``: auth (and the spurious-401 fault), the in-flight cap,
 the sliding-window rate limits, the 500 fault, then the endpoint's synchronous handler, then
 the latency and drop faults. Handlers never await, so state changes are atomic.
-Postbacks/pingbacks: ``_create`` hands tasks that ask for one to the ``PushSender``
-(``_postback``), which delivers them at completion time and releases failed ones to
-tasks_ready.
+Tasks are judged by ``_rules`` and id_list queries by ``_idlist``: the emulator's own reading
+of the docs, never the client's validation. Postbacks/pingbacks: ``_create`` hands tasks
+that ask for one to the ``PushSender`` (``_postback``), which delivers them at completion
+time and releases failed ones to tasks_ready.
 """
 
 from __future__ import annotations
@@ -16,25 +17,28 @@ import binascii
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from email.utils import formatdate
+from typing import Any, Final, Literal
 
 import msgspec
 from aiohttp import web
 
-from llmtasks._task import (
-    MAX_TASKS_PER_POST,
-    Task,
-    TaskRuleError,
-    check_rules,
-    decode_task,
-    explain,
-)
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._config import EmulatorConfig
-from llmtasks.emulator._models import CATALOGUE, RESOLVE, Model
+from llmtasks.emulator._idlist import Query, parse_query
+from llmtasks.emulator._models import CATALOGUE, RESOLVE, Family
 from llmtasks.emulator._postback import Delivery, PushSender, push_url
 from llmtasks.emulator._results import llm_result
+from llmtasks.emulator._rules import (
+    MAX_TASKS_PER_POST,
+    Policy,
+    Refusal,
+    WireTask,
+    judge,
+    reasons,
+    unknown,
+    unknown_fields,
+)
 from llmtasks.emulator._state import (
     CallRecord,
     Clock,
@@ -45,16 +49,19 @@ from llmtasks.emulator._state import (
     Store,
 )
 
-_TASK_LIST: Final = msgspec.json.Decoder(list[Task])
-_RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_WIRE_LIST: Final = msgspec.json.Decoder(list[WireTask])
+_ANY_LIST: Final = msgspec.json.Decoder(list[Any])
 _ANY: Final = msgspec.json.Decoder()
 _ENCODE: Final = w.encoder.encode
+# A body that cannot be read as JSON of the expected shape; nesting too deep for the decoder
+# is hostile input like any other, answered 40503 rather than a 500.
+_UNREADABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 READY_LIMIT: Final = 1000
-UNLIMITED_PER_MINUTE: Final = 2000  # what user_data reports when no rate is set
+DOCUMENTED_PER_MINUTE: Final = 2000  # what user_data reports for a function without a limit
 UNLIMITED_FUNDS_USD: Final = 1_000_000.0  # what user_data reports when funds are unlimited
 
-# Which sliding window a route counts against.
-Limit = Literal["main", "tasks_ready", "id_list"] | None
+# Which sliding window a route counts against; each function is its own budget.
+Limit = Literal["task_post", "task_get", "models", "tasks_ready", "id_list"] | None
 
 
 class Reply(msgspec.Struct):
@@ -66,31 +73,6 @@ class Reply(msgspec.Struct):
 
 
 Handler = Callable[[web.Request, bytes, float, float], Reply]
-
-
-class IdListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    datetime_from: str
-    datetime_to: str
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1000
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
-    sort: Literal["asc", "desc"] = "asc"
-    include_metadata: bool = False
-
-
-_ID_LIST: Final = msgspec.json.Decoder(list[IdListQuery])
-
-
-def _invalid(field: str, reason: str) -> tuple[int, str]:
-    return w.INVALID_FIELD, f"Invalid Field: '{field}'. {reason}"
-
-
-def _parse_datetime(text: str) -> float:
-    """``2026-11-25 10:00:00 +00:00``; without an offset the time is taken as UTC."""
-    try:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S %z").timestamp()
-    except ValueError:
-        naive = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
-        return naive.replace(tzinfo=UTC).timestamp()
 
 
 class Emulator:
@@ -106,13 +88,15 @@ class Emulator:
         self._ids = IdMaker(self._rng)
         self._store = Store()
         self._calls: list[CallRecord] = []
-        self._clock = Clock()
+        self._clock = Clock(self._config.clock_offset_s)
         self._money = Money(self._config)
+        self._policy = self._policy_of(self._config)
         self._windows = {
-            "main": SlidingWindow(),
-            "tasks_ready": SlidingWindow(),
-            "id_list": SlidingWindow(),
+            name: SlidingWindow()
+            for name in ("task_post", "task_get", "models", "tasks_ready", "id_list", "total")
         }
+        self._date_second = -1
+        self._date_header = ""
         self._in_flight = 0
         self._auth = self._auth_header(self._config)
         self._runner: web.AppRunner | None = None
@@ -175,9 +159,17 @@ class Emulator:
             self._money.set_funds(new.funds_usd)
         if "seed" in changes:
             self._rng.seed(new.seed)
+        if "clock_offset_s" in changes:
+            self._clock.shift(new.clock_offset_s - self._config.clock_offset_s)
+        self._policy = self._policy_of(new)
         self._auth = self._auth_header(new)
         self._config = new
         return new
+
+    @property
+    def now_unix(self) -> float:
+        """The service's clock (what its ``Date`` headers and datetimes show)."""
+        return self._clock.now()
 
     def complete_all(self) -> None:
         """Make every created task done now (tests that do not want to wait)."""
@@ -219,6 +211,13 @@ class Emulator:
     # ---- routing and the gate -------------------------------------------------------------
 
     @staticmethod
+    def _policy_of(config: EmulatorConfig) -> Policy:
+        return Policy(
+            sampling_together=config.sampling_together,
+            gemini_search_options=config.gemini_search_options,
+        )
+
+    @staticmethod
     def _auth_header(config: EmulatorConfig) -> str:
         token = base64.b64encode(f"{config.login}:{config.password}".encode()).decode()
         return f"Basic {token}"
@@ -241,10 +240,10 @@ class Emulator:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         llm = "/v3/ai_optimization/{se}/llm_responses"
         api = self._api
-        app.router.add_post(f"{llm}/task_post", api("main", self._task_post))
+        app.router.add_post(f"{llm}/task_post", api("task_post", self._task_post))
         app.router.add_get(f"{llm}/tasks_ready", api("tasks_ready", self._tasks_ready))
-        app.router.add_get(f"{llm}/task_get/{{id}}", api("main", self._task_get))
-        app.router.add_get(f"{llm}/models", api("main", self._models))
+        app.router.add_get(f"{llm}/task_get/{{id}}", api("task_get", self._task_get))
+        app.router.add_get(f"{llm}/models", api("models", self._models))
         app.router.add_post("/v3/ai_optimization/id_list", api("id_list", self._id_list))
         app.router.add_post("/v3/appendix/id_list", api("id_list", self._id_list))
         app.router.add_get("/v3/appendix/user_data", api(None, self._user_data))
@@ -280,9 +279,11 @@ class Emulator:
         self._in_flight += 1
         try:
             drop = False
+            # Counted before anything can refuse it: refused calls use up the window too.
+            within = limit is None or self._count(limit, now, cfg)
             if self._in_flight > cfg.max_in_flight:
                 reply = Reply(200, w.TOO_MANY_AT_ONCE[0], w.envelope(w.TOO_MANY_AT_ONCE, started))
-            elif limit is not None and not self._admit(limit, now, cfg):
+            elif not within:
                 reply = Reply(200, w.RATE_LIMITED[0], w.envelope(w.RATE_LIMITED, started))
             elif cfg.fail_rate and rng.random() < cfg.fail_rate:
                 reply = Reply(500, None, b"500 Internal Server Error", content_type="text/plain")
@@ -294,11 +295,34 @@ class Emulator:
         finally:
             self._in_flight -= 1
 
-    def _admit(self, limit: str, now: float, cfg: EmulatorConfig) -> bool:
-        if limit == "main":
-            return self._windows["main"].admit(now, cfg.rate, cfg.period_s)
-        per_minute = cfg.tasks_ready_rate if limit == "tasks_ready" else cfg.id_list_rate
-        return self._windows[limit].admit(now, per_minute, 60.0)
+    @staticmethod
+    def _budget(limit: str, cfg: EmulatorConfig) -> tuple[int | None, float]:
+        """(calls, per seconds) of one function."""
+        if limit == "task_post":
+            return cfg.rate, cfg.period_s
+        if limit == "task_get":
+            return cfg.task_get_rate, cfg.period_s
+        if limit == "models":
+            return cfg.models_rate, cfg.period_s
+        if limit == "tasks_ready":
+            return cfg.tasks_ready_rate, 60.0
+        if limit == "id_list":
+            return cfg.id_list_rate, 60.0
+        return cfg.total_rate, 60.0
+
+    def _count(self, limit: str, now: float, cfg: EmulatorConfig) -> bool:
+        calls, period_s = self._budget(limit, cfg)
+        ok = self._windows[limit].hit(now, calls, period_s)
+        return self._windows["total"].hit(now, cfg.total_rate, 60.0) and ok
+
+    def _date(self) -> str:
+        """The ``Date`` header from the service's clock (one string per second)."""
+        now = self._clock.now()
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_header = formatdate(second, usegmt=True)
+        return self._date_header
 
     async def _answer(
         self, request: web.Request, reply: Reply, now: float, cfg: EmulatorConfig, *, drop: bool
@@ -325,43 +349,42 @@ class Emulator:
             # Nothing can be written any more; the client sees the connection die.
             raise asyncio.CancelledError
         return web.Response(
-            status=reply.http_status, body=reply.body, content_type=reply.content_type
+            status=reply.http_status,
+            body=reply.body,
+            content_type=reply.content_type,
+            headers={"Date": self._date()},
         )
 
     # ---- task_post ------------------------------------------------------------------------
 
     def _task_post(self, request: web.Request, body: bytes, now: float, started: float) -> Reply:
         se = request.match_info["se"]
-        resolve = RESOLVE.get(se)
-        if resolve is None:
+        models = RESOLVE.get(se)
+        if models is None:
             return self._not_found(request, body, now, started)
-        entries: list[Task | tuple[int, str, bytes]]
+        entries: list[WireTask | tuple[int, str, bytes]]
         try:
-            entries = list(_TASK_LIST.decode(body))
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            entries = list(_WIRE_LIST.decode(body))
+        except _UNREADABLE:
+            # Not all plain task objects: judge element by element.
             try:
-                raws = _RAW_LIST.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+                items = _ANY_LIST.decode(body)
+            except _UNREADABLE:
                 return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
-            entries = [self._decode_one(raw, i) for i, raw in enumerate(raws)]
+            entries = [self._decode_one(item, i, se) for i, item in enumerate(items)]
         if not entries:
             return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
 
         # First pass: what each task would become, so funds can refuse the call as a whole.
-        verdicts: list[Model | tuple[int, str]] = []
+        policy = self._policy
+        verdicts: list[Family | Refusal] = []
         n_ok = 0
         for i, entry in enumerate(entries):
             if i >= MAX_TASKS_PER_POST:
                 verdicts.append(w.TOO_MANY_TASKS)
-            elif isinstance(entry, Task):
-                # Inline fast path for the common case; _check explains everything else.
-                model = resolve.get(entry.model_name) if entry.user_prompt else None  # type: ignore[arg-type]
-                if model is not None and model.task_post_supported and not entry.web_search:
-                    n_ok += 1
-                    verdicts.append(model)
-                    continue
-                verdict = self._check(entry, resolve, se)
-                if isinstance(verdict, Model):
+            elif isinstance(entry, WireTask):
+                verdict = judge(se, entry, models, policy)
+                if isinstance(verdict, Family):
                     n_ok += 1
                 verdicts.append(verdict)
             else:
@@ -387,11 +410,11 @@ class Emulator:
         append = out.append
         for entry, verdict in zip(entries, verdicts, strict=True):
             task_id = make_id(id_prefix)
-            if isinstance(entry, Task):
+            if isinstance(entry, WireTask):
                 data = with_prefix(prefix, _ENCODE(entry))
             else:
                 data = with_prefix(prefix, entry[2])
-            if isinstance(verdict, Model):
+            if isinstance(verdict, Family):
                 append(
                     task_out(
                         task_id,
@@ -406,7 +429,7 @@ class Emulator:
                     )
                 )
                 if record:
-                    assert isinstance(entry, Task)
+                    assert isinstance(entry, WireTask)
                     self._create(task_id, se, entry, wall, data, done_at)
             else:
                 append(
@@ -419,56 +442,44 @@ class Emulator:
         return Reply(200, 20000, envelope, n_ok)
 
     def _create(
-        self, task_id: str, se: str, task: Task, wall: float, data: msgspec.Raw, done_at: float
+        self, task_id: str, se: str, task: WireTask, wall: float, data: msgspec.Raw, done_at: float
     ) -> None:
+        cfg = self._config
+        failed = bool(cfg.task_fail_rate) and self._rng.random() < cfg.task_fail_rate
+        if failed:
+            # A task that fails on the service is refunded.
+            self._money.refund(cfg.task_cost_usd)
         created = CreatedTask(
             id=task_id,
             engine=se,
             tag=task.tag,
-            user_prompt=task.user_prompt or "",
-            model_name=task.model_name or "",
+            user_prompt=task.user_prompt,
+            model_name=task.model_name,
             posted_at=wall,
             data=_ANY.decode(data),
-            cost_usd=self._config.task_cost_usd,
+            cost_usd=cfg.task_cost_usd,
+            failed=failed,
         )
         push = task.postback_url is not None or task.pingback_url is not None
-        index = self._store.add(created, done_at, held=push and push_url(created) is not None)
+        # Documented: postback tasks are delivered instead of listed; pingback tasks are
+        # listed by tasks_ready until fetched.
+        kind = push_url(created) if push else None
+        index = self._store.add(created, done_at, held=kind is not None and kind[0] == "postback")
         if push:
             self._push.schedule(index)
 
-    @staticmethod
-    def _check(task: Task, resolve: dict[str, Model], se: str) -> Model | tuple[int, str]:
-        if not task.user_prompt or not task.model_name:
-            try:
-                check_rules(task, require_model=True)
-            except TaskRuleError as err:
-                return _invalid(err.field, err.reason)
-        name = task.model_name or ""
-        model = resolve.get(name)
-        if model is None:
-            return _invalid("model_name", f"unknown model {name!r} for {se}")
-        if not model.task_post_supported:
-            return _invalid("model_name", f"model {name!r} is not supported by task_post")
-        if task.web_search and not model.web_search_supported:
-            return _invalid("web_search", f"is not supported by model {name!r}")
-        return model
-
-    @staticmethod
-    def _decode_one(raw: msgspec.Raw, index: int) -> Task | tuple[int, str, bytes]:
-        """Slow path: one element of a body that failed to decode as a whole."""
-        text = bytes(raw).lstrip()
-        if not text.startswith(b"{"):
+    def _decode_one(self, item: Any, index: int, se: str) -> WireTask | tuple[int, str, bytes]:
+        """Slow path: one element of a body that did not decode as plain task objects."""
+        if type(item) is not dict:
             return (*w.INVALID_POST, b"{}")
-        fields = _ANY.decode(text)
-        echo = _ENCODE({k: v for k, v in fields.items() if v is not None})
+        fields = {k: v for k, v in item.items() if v is not None}
+        echo = _ENCODE(fields)
         if index >= MAX_TASKS_PER_POST:
             return (*w.TOO_MANY_TASKS, echo)
-        try:
-            return decode_task(text, strict=False)
-        except (msgspec.ValidationError, msgspec.DecodeError) as err:
-            field, reason = explain(err)
-            code, message = _invalid(field, reason)
-            return (code, message, echo)
+        names = unknown_fields(se, fields, self._policy)
+        if names:
+            return (*unknown(names), echo)
+        return msgspec.convert(fields, WireTask)
 
     # ---- tasks_ready, task_get, models ------------------------------------------------------
 
@@ -476,7 +487,7 @@ class Emulator:
         self, se: str, function: str, started: float, result: list[Any], cost: float = 0.0
     ) -> w.TaskOut:
         return w.TaskOut(
-            self._ids.make(self._ids.prefix(time.time())),
+            self._ids.make(self._ids.prefix(self._clock.now())),
             w.OK[0],
             w.OK[1],
             w.seconds(time.perf_counter() - started),
@@ -512,27 +523,20 @@ class Emulator:
         task_id = request.match_info["id"]
         path = w.path_of(w.API, se, w.FUNCTION, "task_get", task_id)
         found = self._store.lookup(task_id)
+        code: tuple[int, str] | None = None
         if found is None or found[0].engine != se:
-            out = w.TaskOut(
-                task_id,
-                40400,
-                "Task not found.",
-                w.seconds(0.0),
-                0.0,
-                0,
-                path,
-                w.to_data(se, {}),
-                None,
-            )
-            return Reply(200, 20000, w.envelope(w.OK, started, [out]))
-        task, done_mono = found
-        if now < done_mono:
-            posted_mono = self._clock.mono(task.posted_at)
-            halfway = posted_mono + (done_mono - posted_mono) / 2
-            code = w.TASK_IN_QUEUE if now < halfway else w.TASK_HANDED
-            out = w.TaskOut(
-                task_id, code[0], code[1], w.seconds(0.0), 0.0, 0, path, task.data, None
-            )
+            code, data = w.TASK_NOT_FOUND, w.to_data(se, {})
+        else:
+            task, done_mono = found
+            data = task.data
+            if now < done_mono:
+                posted_mono = self._clock.mono(task.posted_at)
+                halfway = posted_mono + (done_mono - posted_mono) / 2
+                code = w.TASK_IN_QUEUE if now < halfway else w.TASK_HANDED
+            elif now - done_mono > self._config.results_ttl_s:
+                code = w.RESULTS_EXPIRED
+        if code is not None:
+            out = w.TaskOut(task_id, code[0], code[1], w.seconds(0.0), 0.0, 0, path, data, None)
             return Reply(200, 20000, w.envelope(w.OK, started, [out]))
         self._store.collect(task, now)
         return Reply(200, 20000, self._result_envelope(task, done_mono, started))
@@ -541,15 +545,22 @@ class Emulator:
         """task_get's envelope for a done task (also the body of its postback)."""
         se = task.engine
         path = w.path_of(w.API, se, w.FUNCTION, "task_get", task.id)
-        model = RESOLVE[se][task.model_name]
+        elapsed = w.seconds(time.perf_counter() - started)
+        if task.failed:
+            code, message = w.TASK_FAILED
+            out = w.TaskOut(task.id, code, message, elapsed, 0.0, 0, path, task.data, None)
+            return w.envelope(w.OK, started, [out], 0.0)
+        family = RESOLVE[se][task.model_name]
         result = llm_result(
-            model_name=model.model_name,
+            engine=se,
+            model_name=family.dated,
             user_prompt=task.user_prompt,
             done_unix=self._clock.wall(done_mono),
-            web_search=bool(task.data.get("web_search")),
+            web_search=task.data.get("web_search") is True,
+            reasoning=reasons(se, family, task.data),
             cost_usd=task.cost_usd,
+            seed=self._config.seed,
         )
-        elapsed = w.seconds(time.perf_counter() - started)
         out = w.TaskOut(task.id, 20000, "Ok.", elapsed, task.cost_usd, 1, path, task.data, [result])
         return w.envelope(w.OK, started, [out], task.cost_usd)
 
@@ -569,48 +580,33 @@ class Emulator:
 
     def _id_list(self, request: web.Request, body: bytes, now: float, started: float) -> Reply:
         try:
-            raws = _RAW_LIST.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            items = _ANY_LIST.decode(body)
+        except _UNREADABLE:
             return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
-        if not raws:
+        if not items:
             return Reply(200, w.INVALID_POST[0], w.envelope(w.INVALID_POST, started))
         path = [p for p in request.path.split("/") if p]
         base = f"{request.scheme}://{request.host}"
+        wall = self._clock.wall(now)
         out: list[w.TaskOut] = []
-        for raw in raws:
-            task_id = self._ids.make(self._ids.prefix(time.time()))
-            echo: dict[str, Any] = {}
-            try:
-                fields = _ANY.decode(raw)
-                if isinstance(fields, dict):
-                    echo = {k: v for k, v in fields.items() if v is not None}
-                query = _ID_LIST.decode(b"[" + bytes(raw) + b"]")[0]
-                lo = _parse_datetime(query.datetime_from)
-                hi = _parse_datetime(query.datetime_to)
-            except (msgspec.ValidationError, msgspec.DecodeError) as err:
-                field, reason = explain(err)
-                field = field.removeprefix("[0].")
-                code, message = _invalid(field, reason)
-                data = {"api": w.API, "function": "id_list", **echo}
+        for item in items:
+            task_id = self._ids.make(self._ids.prefix(wall))
+            echo = {k: v for k, v in item.items() if v is not None} if type(item) is dict else {}
+            data = {"api": w.API, "function": "id_list", **echo}
+            query = parse_query(item, wall)
+            if not isinstance(query, Query):
+                code, message = query
                 out.append(
                     w.TaskOut(task_id, code, message, w.seconds(0.0), 0.0, 0, path, data, None)
                 )
                 continue
-            except ValueError as err:
-                code, message = _invalid("datetime_from/datetime_to", str(err))
-                data = {"api": w.API, "function": "id_list", **echo}
-                out.append(
-                    w.TaskOut(task_id, code, message, w.seconds(0.0), 0.0, 0, path, data, None)
-                )
-                continue
-            indexes = self._store.posted_between(lo, hi)
-            if query.sort == "desc":
+            indexes = self._store.posted_between(query.from_unix, query.to_unix)
+            if query.descending:
                 indexes.reverse()
             result = [
                 self._id_list_item(i, now, base, query.include_metadata)
                 for i in indexes[query.offset : query.offset + query.limit]
             ]
-            data = {"api": w.API, "function": "id_list", **echo}
             elapsed = w.seconds(time.perf_counter() - started)
             out.append(
                 w.TaskOut(task_id, 20000, "Ok.", elapsed, 0, len(result), path, data, result)
@@ -621,34 +617,61 @@ class Emulator:
         task = self._store.created[index]
         done_mono = self._store.done_mono(index)
         done = done_mono <= now
+        failed = done and task.failed
         return {
             "id": task.id,
             "url": f"{base}/v3/ai_optimization/{task.engine}/llm_responses/task_post",
             "datetime_posted": w.utc_datetime(task.posted_at),
             "datetime_done": w.utc_datetime(self._clock.wall(done_mono)) if done else None,
-            "status": "ok" if done else "in_progress",
-            "cost": task.cost_usd,
+            "status": "failed" if failed else "ok" if done else "in_progress",
+            "cost": 0.0 if task.failed else task.cost_usd,
             "metadata": task.data if metadata else None,
         }
 
+    def _per_minute(self, limit: str, cfg: EmulatorConfig) -> int:
+        """A function's enforced limit as calls per minute (the documented one if none)."""
+        calls, period_s = self._budget(limit, cfg)
+        if calls is None:
+            return {"tasks_ready": 20, "id_list": 10}.get(limit, DOCUMENTED_PER_MINUTE)
+        return round(calls * 60.0 / period_s)
+
     def _user_data(self, request: web.Request, body: bytes, now: float, started: float) -> Reply:
         cfg = self._config
-        per_minute = (
-            UNLIMITED_PER_MINUTE if cfg.rate is None else round(cfg.rate * 60.0 / cfg.period_s)
-        )
+        per_minute = self._per_minute
+        llm = {
+            "live": DOCUMENTED_PER_MINUTE,  # the emulator has no live endpoint
+            "task_post": per_minute("task_post", cfg),
+            "tasks_ready": per_minute("tasks_ready", cfg),
+            "task_get": per_minute("task_get", cfg),
+            "models": per_minute("models", cfg),
+        }
+        minute: dict[str, Any]
+        if cfg.user_data_shape == "flat":
+            total = cfg.total_rate if cfg.total_rate is not None else llm["task_post"]
+            minute = {"total": total, "ai_optimization": llm["task_post"]}
+        else:
+            total = cfg.total_rate if cfg.total_rate is not None else max(llm.values())
+            minute = {
+                "total": total,
+                "total_ai_optimization": total,
+                "ai_optimization": {
+                    "llm_responses": llm,
+                    "id_list": per_minute("id_list", cfg),
+                },
+            }
         balance = self._money.balance_usd
         funds = self._money.funds_usd
         result = {
             "login": cfg.login,
             "timezone": "UTC",
-            "rates": {"limits": {"minute": {"ai_optimization": per_minute}}},
+            "rates": {"limits": {"minute": minute}},
             "money": {
                 "total": UNLIMITED_FUNDS_USD if funds is None else round(funds, 6),
                 "balance": UNLIMITED_FUNDS_USD if balance is None else balance,
             },
         }
         out = w.TaskOut(
-            self._ids.make(self._ids.prefix(time.time())),
+            self._ids.make(self._ids.prefix(self._clock.wall(now))),
             20000,
             "Ok.",
             w.seconds(time.perf_counter() - started),

@@ -35,6 +35,7 @@ class CreatedTask(msgspec.Struct, frozen=True):
     posted_at: float  # unix seconds
     data: dict[str, Any]  # the ``data`` echo of task_post: api, function, se and the fields sent
     cost_usd: float = 0.0
+    failed: bool = False  # fails on the service when done (``task_fail_rate``); refunded
 
 
 class CallRecord(msgspec.Struct, frozen=True):
@@ -51,22 +52,26 @@ class CallRecord(msgspec.Struct, frozen=True):
 
 
 class SlidingWindow:
-    """At most ``limit`` admitted events in any window of ``period_s`` seconds."""
+    """At most ``limit`` calls in any window of ``period_s`` seconds, refused ones included.
+
+    Every call counts, admitted or not (the safe reading of the docs): a client that keeps
+    calling while refused stays refused.
+    """
 
     def __init__(self) -> None:
         self._times: deque[float] = deque()
 
-    def admit(self, now: float, limit: int | None, period_s: float) -> bool:
+    def hit(self, now: float, limit: int | None, period_s: float) -> bool:
+        """Count a call at ``now``; whether it is within the limit."""
         if limit is None:
             return True
         times = self._times
         horizon = now - period_s
         while times and times[0] <= horizon:
             times.popleft()
-        if len(times) >= limit:
-            return False
+        ok = len(times) < limit
         times.append(now)
-        return True
+        return ok
 
 
 class IdMaker:
@@ -123,8 +128,9 @@ class Store:
         """A push delivery failed: the task goes to tasks_ready."""
         task = self.created[index]
         self._advance(task.engine, now_mono)
-        self._held.discard(index)
-        self._ready[task.engine][task.id] = index
+        if index in self._held:  # a pingback task is listed already (or was collected)
+            self._held.discard(index)
+            self._ready[task.engine][task.id] = index
 
     def _advance(self, engine: str, now_mono: float) -> dict[str, int]:
         ready = self._ready.get(engine)
@@ -179,11 +185,18 @@ class Store:
 
 
 class Clock:
-    """Wall time derived from the monotonic clock, so creation order is also time order."""
+    """The service's wall time, derived from the monotonic clock so that creation order is
+    also time order; ``offset_s`` is how far the service's clock is from this machine's."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset_s: float = 0.0) -> None:
         self._mono0 = time.monotonic()
-        self._wall0 = time.time()
+        self._wall0 = time.time() + offset_s
+
+    def now(self) -> float:
+        return self.wall(time.monotonic())
+
+    def shift(self, delta_s: float) -> None:
+        self._wall0 += delta_s
 
     def wall(self, mono: float) -> float:
         return self._wall0 + (mono - self._mono0)
@@ -209,6 +222,9 @@ class Money:
 
     def pay(self, cost: float) -> None:
         self.spent_usd += cost
+
+    def refund(self, cost: float) -> None:
+        self.spent_usd -= cost
 
     def set_funds(self, funds_usd: float | None) -> None:
         """Reconfiguring funds sets the balance to the new amount."""

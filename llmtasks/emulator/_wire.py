@@ -26,6 +26,9 @@ TOO_MANY_AT_ONCE: Final = (40209, "Too many simultaneous requests.")
 NOT_FOUND: Final = (40400, "Not Found.")
 INVALID_FIELD: Final = 40501
 INVALID_POST: Final = (40503, "Invalid POST data.")
+TASK_NOT_FOUND: Final = (40401, "Task Not Found.")
+RESULTS_EXPIRED: Final = (40403, "Task Results Expired.")
+TASK_FAILED: Final = (50000, "Internal Error. The task failed; its cost was refunded.")
 TASK_HANDED: Final = (40601, "Task Handed.")
 TASK_IN_QUEUE: Final = (40602, "Task in Queue.")
 
