@@ -249,26 +249,54 @@ def machine() -> dict[str, Any]:
         "msgspec": msgspec.__version__,
         "platform": platform.platform(),
         "commit": _git_head(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def _git_head() -> str:
+def _git(*args: str) -> str:
+    """git's output as printed (not stripped: porcelain lines start with a status column)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip()
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout
     except OSError:
         return ""
+
+
+def _git_head() -> str:
+    return _git("rev-parse", "--short=10", "HEAD").strip()
+
+
+def git_dirty() -> bool:
+    """Uncommitted changes to tracked files outside benchmarks/results and docs: figures
+    measured then do not belong to the commit they name."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return any(line and not line[3:].startswith("docs/") for line in out.splitlines())
 
 
 def save(name: str, result: dict[str, Any], *, quick: bool) -> Path:
     """Write results/NAME.json (NAME-quick.json for --quick runs, which are not committed)."""
     RESULTS.mkdir(exist_ok=True)
-    result = {"benchmark": name, "quick": quick, "machine": machine(), **result}
+    result = {
+        "benchmark": name,
+        "quick": quick,
+        "commit": _git_head(),
+        "dirty": git_dirty(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", *_relative_argv()]),
+        "machine": machine(),
+        **result,
+    }
     path = RESULTS / f"{name}{'-quick' if quick else ''}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def _relative_argv() -> list[str]:
+    argv = list(sys.argv)
+    if argv:
+        p = Path(argv[0]).resolve()
+        argv[0] = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else argv[0]
+    return argv
 
 
 def self_cpu_s() -> float:

@@ -659,7 +659,7 @@ async def _submit_to(
     args: argparse.Namespace, base_url: str, login: str, password: str, fmt: Any
 ) -> int:
     from llmtasks._input import read_lines
-    from llmtasks._outputs import write_jsonl
+    from llmtasks._outputs import ReceiptStream
     from llmtasks._progress import ProgressReporter
     from llmtasks._rules import TaskRules
     from llmtasks._shared import shared_throttle
@@ -672,6 +672,7 @@ async def _submit_to(
     loop = asyncio.get_running_loop()
     stop_error: LlmtasksError | None = None
     progress: ProgressReporter | None = None
+    stream: ReceiptStream | None = None
     # The rate is settled by the account check (without --rate: the account's own limit),
     # after the resume check, which must refuse a changed input before any call.
     submitter = Submitter(
@@ -736,8 +737,20 @@ async def _submit_to(
                         interval_s=args.progress_interval,
                     )
                     progress.start()
-                async for _ in submitter.submit_lines(lines):
-                    pass
+                # Receipts are written as outcomes arrive; see ReceiptStream for resumed runs.
+                stream = ReceiptStream(
+                    receipts_path,
+                    rejects_path,
+                    first_line=1 if args.shard is None else args.shard[0],
+                    step=1 if args.shard is None else args.shard[1],
+                )
+                try:
+                    async for receipts in submitter.submit_lines_batched(lines):
+                        stream.add(receipts)
+                except BaseException:
+                    if not isinstance(sys.exc_info()[1], LlmtasksError):
+                        stream.abort()
+                    raise
         except LlmtasksError as exc:
             stop_error = exc
         finally:
@@ -747,10 +760,14 @@ async def _submit_to(
                 loop.remove_signal_handler(sig)
         ledger = submitter.ledger
         assert ledger is not None
+        if stream is None:
+            # Stopped before the run began (input changed, account check): rebuilt as before.
+            stream = ReceiptStream(receipts_path, rejects_path)
         # No empty files: a run with nothing rejected leaves no rejects file.
-        if not write_jsonl(receipts_path, ledger, empty=False):
+        stream.finish(ledger)
+        if not stream.receipts:
             receipts_path = ""
-        n_rejects = write_jsonl(rejects_path, ledger, states={"rejected"}, empty=False)
+        n_rejects = stream.rejects
         counts = ledger.counts()
         if not args.quiet:
             text = submit_summary(

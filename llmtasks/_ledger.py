@@ -15,12 +15,14 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO
 
 from llmtasks._errors import ConfigError, InputError
+from llmtasks._ledger_writer import LedgerWriter
 from llmtasks._receipt import Receipt, State
 
 SCHEMA_VERSION: Final = 1
@@ -93,6 +95,9 @@ class Ledger:
         self.input_name: str = meta["input"]
         self.session_id: int | None = None
         self._lock: TextIO | None = None
+        # Held by a LedgerWriter sharing this connection (``:memory:``) and by the reads
+        # made while it runs.
+        self._db_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -252,10 +257,19 @@ class Ledger:
 
     def known(self, first: int, last: int) -> dict[int, tuple[bytes, State]]:
         """Digest and state of the recorded lines in ``first..last``."""
-        rows = self._db.execute(
-            "SELECT line, digest, state FROM lines WHERE line BETWEEN ? AND ?", (first, last)
-        )
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT line, digest, state FROM lines WHERE line BETWEEN ? AND ?", (first, last)
+            ).fetchall()
         return {line: (digest, state) for line, digest, state in rows}
+
+    def writer(self) -> LedgerWriter:
+        """A writer thread for submit, with its own connection (``:memory:`` shares this one)."""
+        if self.path == ":memory:":
+            return LedgerWriter(self._db, lock=self._db_lock)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return LedgerWriter(conn, lock=threading.Lock(), owned=True)
 
     def batches_sending(self) -> int:
         """Calls in flight now, or cut off by a process that died (the next run finds them)."""
@@ -270,17 +284,20 @@ class Ledger:
         rows = self._db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state")
         return {state: n for state, n in rows}
 
-    def receipts(self, *, states: Iterable[str] | None = None) -> Iterator[Receipt]:
-        """Every recorded line in input order (or only those in ``states``)."""
+    def receipts(
+        self, *, states: Iterable[str] | None = None, first_line: int = 1
+    ) -> Iterator[Receipt]:
+        """Every recorded line in input order (or only those in ``states``), from
+        ``first_line`` on."""
         sql = (
             "SELECT line, state, tag, task_id, status_code, status_message, cost, field, reason "
-            "FROM lines"
+            "FROM lines WHERE line >= ?"
         )
-        args: list[Any] = []
+        args: list[Any] = [first_line]
         if states is not None:
             wanted = list(states)
-            sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
-            args = wanted
+            sql += f" AND state IN ({','.join('?' * len(wanted))})"
+            args += wanted
         sql += " ORDER BY line"
         for row in self._db.execute(sql, args):
             yield _receipt(row)
@@ -331,7 +348,7 @@ class Ledger:
             cur = self._db.execute(
                 "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines) "
                 "VALUES (?, 'sending', ?, ?, ?)",
-                (self.session_id or 0, len(lines), time.time(), _pack(lines)),
+                (self.session_id or 0, len(lines), time.time(), pack_lines(lines)),
             )
         return int(cur.lastrowid or 0)
 
@@ -578,7 +595,7 @@ class Ledger:
             )
 
 
-def _pack(lines: Sequence[int]) -> bytes:
+def pack_lines(lines: Sequence[int]) -> bytes:
     return array.array("q", lines).tobytes()
 
 

@@ -14,7 +14,14 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -34,7 +41,8 @@ from llmtasks._errors import (
     LlmtasksError,
 )
 from llmtasks._input import InputLine, decode_user_task, record_digest
-from llmtasks._ledger import Ledger, NewLine
+from llmtasks._ledger import Ledger, pack_lines
+from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -67,7 +75,7 @@ log = logging.getLogger("llmtasks")
 
 #: The most one task can cost: the documented example charges $0.0102 (prepayment $0.01).
 DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
-_READ_CHUNK: Final = 512
+_READ_CHUNK: Final = 1024
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -107,7 +115,26 @@ class RunStats:
         self.by_state[state] = self.by_state.get(state, 0) + n
 
 
-_Batch = list[tuple[int, Task]]
+class _Batch:
+    """Up to 100 tasks on their way: line numbers, tags and each task's JSON, encoded once
+    when read (the tag and push URLs spliced in, no copy of the task object)."""
+
+    __slots__ = ("lines", "parts", "tags")
+
+    def __init__(self) -> None:
+        self.lines: list[int] = []
+        self.tags: list[str] = []
+        self.parts: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def body(self) -> bytes:
+        return b"[" + b",".join(self.parts) + b"]"
+
+
+_encode_task = msgspec.json.Encoder().encode
+_encode_str = msgspec.json.Encoder().encode
 
 
 class Submitter:
@@ -223,6 +250,7 @@ class Submitter:
         self._out: asyncio.Queue[list[Receipt] | None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.Task[Any]] = set()
+        self._writer: LedgerWriter | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -259,6 +287,8 @@ class Submitter:
                     "will be charged and answered twice",
                     count(n, "unknown line"),
                 )
+        self._writer = self.ledger.writer()
+        self._writer.start()
         await self.transport.__aenter__()
         return self
 
@@ -282,15 +312,21 @@ class Submitter:
         # An async generator left by ``break`` is closed only when collected: finish it here,
         # before the connection closes under its calls in flight.
         # Each step even when the one before failed (an abort cancels the drain): the
-        # connection closed, the session recorded, the ledger closed and its lock file gone.
+        # connection closed, the writes committed, the session recorded, the ledger closed
+        # and its lock file gone.
         try:
             await self._drain()
         finally:
             try:
                 await self.transport.__aexit__()
             finally:
-                if self.ledger is not None:
-                    self._close_ledger(self.ledger)
+                try:
+                    if self._writer is not None:
+                        writer, self._writer = self._writer, None
+                        await writer.close()
+                finally:
+                    if self.ledger is not None:
+                        self._close_ledger(self.ledger)
 
     def _close_ledger(self, ledger: Ledger) -> None:
         try:
@@ -452,6 +488,13 @@ class Submitter:
         """Submit lines from ``llmtasks._input.read_lines`` (or built the same way)."""
         return self._run(_chunked(lines))
 
+    def submit_lines_batched(
+        self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
+    ) -> AsyncIterator[list[Receipt]]:
+        """``submit_lines``, the receipts in lists as they are recorded (the CLI's way: one
+        step of the iterator per call instead of per task)."""
+        return self._run_batches(_chunked(lines))
+
     async def verify(self, lines: Iterable[InputLine] | AsyncIterable[InputLine]) -> None:
         """Refuse (``InputError``) an input that is not the one this ledger recorded, before
         anything is sent. Reads the input once more; only the lines already recorded."""
@@ -481,6 +524,17 @@ class Submitter:
     # -- the pipeline ----------------------------------------------------------------------
 
     async def _run(self, chunks: AsyncIterator[list[InputLine]]) -> AsyncIterator[Receipt]:
+        batches = self._run_batches(chunks)
+        try:
+            async for item in batches:
+                for receipt in item:
+                    yield receipt
+        finally:
+            await batches.aclose()
+
+    async def _run_batches(
+        self, chunks: AsyncIterator[list[InputLine]]
+    ) -> AsyncGenerator[list[Receipt], None]:
         if self.ledger is None:
             raise RuntimeError("use 'async with Submitter(...)' before submitting")
         out: asyncio.Queue[list[Receipt] | None] = asyncio.Queue(maxsize=256)
@@ -509,11 +563,16 @@ class Submitter:
         self._supervisor = asyncio.create_task(supervise())
         try:
             while (item := await out.get()) is not None:
-                for receipt in item:
-                    yield receipt
+                yield item
         finally:
             await self._drain()
             self.stats.ended = time.monotonic()
+            # Everything recorded before the caller reads the ledger (or the run ends).
+            if self._writer is not None:
+                try:
+                    await self._writer.flush()
+                except LedgerWriteError as exc:
+                    self._error = self._error or exc
         if self._error is not None:
             raise self._error
         if self._stop_reason is not None:
@@ -522,76 +581,90 @@ class Submitter:
     def _halted(self) -> bool:
         return self._interrupted or self._stop_reason is not None or self._error is not None
 
-    async def _emit(self, receipts: list[Receipt]) -> None:
-        for r in receipts:
-            self.stats.count(r.state)
+    async def _emit(self, receipts: list[Receipt], state: str | None = None) -> None:
+        """Hand receipts to the caller; ``state`` when they all have that one."""
+        if state is not None:
+            self.stats.count(state, len(receipts))
+        else:
+            for r in receipts:
+                self.stats.count(r.state)
         if self._out is not None and receipts:
             await self._out.put(receipts)
 
     async def _produce(
         self, chunks: AsyncIterator[list[InputLine]], batches: asyncio.Queue[_Batch | None]
     ) -> None:
-        ledger = self.ledger
-        assert ledger is not None
+        ledger, writer = self.ledger, self._writer
+        assert ledger is not None and writer is not None
         last_known = ledger.last_line()
         tag_prefix = f"llmtasks:{ledger.run_id}:"
-        batch: _Batch = []
+        # The generated tag is ASCII without quotes, so it is spliced in without encoding.
+        splice = b',"tag":"' + tag_prefix.encode() + b'%d"}'
+        push = [
+            (name, b"," + _encode_str(name) + b":" + _encode_str(url))
+            for name, url in self.push_fields.items()
+        ]
+        shard = self.shard
+        size = self.batch_size
+        batch = _Batch()
         async for chunk in chunks:
             if self._halted():
                 return
             known = (
                 ledger.known(chunk[0].line, chunk[-1].line) if chunk[0].line <= last_known else {}
             )
-            rows: list[NewLine] = []
+            rows: list[tuple[Any, ...]] = []
+            pending: list[tuple[int, bytes, str]] = []
             receipts: list[Receipt] = []
-            to_send: _Batch = []
+            n_read = 0
             for il in chunk:
-                if self.shard is not None and (il.line - 1) % self.shard[1] != self.shard[0] - 1:
+                line = il.line
+                if shard is not None and (line - 1) % shard[1] != shard[0] - 1:
                     continue  # another process's line
-                self.stats.lines_read += 1
+                n_read += 1
                 task = il.task
-                if task is not None:
-                    task = self._complete(task, f"{tag_prefix}{il.line}")
-                prior = known.get(il.line)
+                prior = known.get(line) if known else None
                 if prior is not None:
                     digest, state = prior
                     if digest != il.digest:
-                        raise self._changed(f"line {il.line} is not the line recorded")
-                    if state == "pending" and task is not None:
-                        to_send.append((il.line, task))
-                    else:
+                        raise self._changed(f"line {line} is not the line recorded")
+                    if state != "pending" or task is None:
                         self.stats.already_done += 1
-                    continue
-                if il.skipped:
-                    rows.append(NewLine(il.line, il.digest, "skipped", reason=il.reason))
-                    receipts.append(Receipt(line=il.line, state="skipped", reason=il.reason))
+                        continue
                 elif task is None:
-                    rows.append(
-                        NewLine(il.line, il.digest, "rejected", field=il.field, reason=il.reason)
-                    )
-                    receipts.append(
-                        Receipt(line=il.line, state="rejected", field=il.field, reason=il.reason)
-                    )
-                else:
+                    state = "skipped" if il.skipped else "rejected"
+                    fld = None if il.skipped else il.field
+                    rows.append((line, il.digest, state, None, None, fld, il.reason))
+                    receipts.append(Receipt(line=line, state=state, field=fld, reason=il.reason))
+                    continue
+                part = _encode_task(task)
+                tag = task.tag
+                if tag is None:
+                    tag = f"{tag_prefix}{line}"
+                    part = part[:-1] + splice % line if len(part) > 2 else b"{" + splice[1:] % line
+                    if prior is None:
+                        # No prompt digest: reconcile finds a generated tag's line by the tag.
+                        pending.append((line, il.digest, tag))
+                elif prior is None:
                     prompt = prompt_digest(task.user_prompt or "")
-                    rows.append(NewLine(il.line, il.digest, "pending", task.tag, prompt))
-                    to_send.append((il.line, task))
-            ledger.add_lines(rows)
-            await self._emit(receipts)
-            for item in to_send:
-                batch.append(item)
-                if len(batch) == self.batch_size:
+                    rows.append((line, il.digest, "pending", tag, prompt, None, None))
+                for name, extra in push:
+                    if getattr(task, name) is None:
+                        part = part[:-1] + extra + b"}"
+                batch.lines.append(line)
+                batch.tags.append(tag)
+                batch.parts.append(part)
+                if len(batch.lines) == size:
+                    # Lines are queued for the ledger before their batch can be written ahead.
+                    writer.add_lines(pending, rows)
+                    rows, pending = [], []
                     await batches.put(batch)
-                    batch = []
-        if batch and not self._halted():
+                    batch = _Batch()
+            self.stats.lines_read += n_read
+            writer.add_lines(pending, rows)
+            await self._emit(receipts)
+        if batch.lines and not self._halted():
             await batches.put(batch)
-
-    def _complete(self, task: Task, tag: str) -> Task:
-        changes: dict[str, Any] = {} if task.tag is not None else {"tag": tag}
-        for name, value in self.push_fields.items():
-            if getattr(task, name) is None:
-                changes[name] = value
-        return msgspec.structs.replace(task, **changes) if changes else task
 
     async def _send_loop(self, batches: asyncio.Queue[_Batch | None]) -> None:
         while (batch := await batches.get()) is not None:
@@ -602,7 +675,11 @@ class Submitter:
 
     async def _leave_pending(self, batch: _Batch, reason: str) -> None:
         await self._emit(
-            [Receipt(line=line, state="pending", tag=t.tag, reason=reason) for line, t in batch]
+            [
+                Receipt(line=line, state="pending", tag=tag, reason=reason)
+                for line, tag in zip(batch.lines, batch.tags, strict=True)
+            ],
+            "pending",
         )
 
     def _budget_allows(self, n_tasks: int) -> bool:
@@ -612,10 +689,10 @@ class Submitter:
         return self.stats.cost_usd + self._reserved_usd + worst <= self.max_cost_usd + 1e-9
 
     async def _send(self, batch: _Batch) -> None:
-        ledger = self.ledger
-        assert ledger is not None
-        lines = [line for line, _ in batch]
-        body = msgspec.json.encode([task for _, task in batch])
+        writer, ledger = self._writer, self.ledger
+        assert writer is not None and ledger is not None
+        packed = pack_lines(batch.lines)
+        body = batch.body()
         worst = len(batch) * self.max_task_cost_usd
         auth_glitches = 0
         for attempt in itertools.count(1):
@@ -642,10 +719,17 @@ class Submitter:
                     await self._leave_pending(batch, "not sent: --max-cost-usd reached")
                     return
                 self._reserved_usd += worst
-                batch_id = ledger.mark_sending(lines)
-                self.stats.note_call(called_at)
                 try:
+                    # Committed before the POST leaves: see _ledger_writer.
+                    batch_id = await writer.mark_sending(
+                        ledger.session_id or 0, packed, len(batch.lines)
+                    )
+                    self.stats.note_call(called_at)
                     reply = await self.transport.post(self.path, body)
+                except LedgerWriteError as exc:
+                    self._error = self._error or exc
+                    await self._leave_pending(batch, "not sent: the ledger cannot be written")
+                    return
                 finally:
                     self._reserved_usd -= worst
             self.throttle.react(reply, admitted_at)
@@ -695,114 +779,122 @@ class Submitter:
         *,
         emit: bool = True,
     ) -> None:
-        ledger = self.ledger
-        assert ledger is not None
+        writer = self._writer
+        assert writer is not None
+        code, message = reply.status_code, reply.message or None
         receipts = [
             Receipt(
                 line=line,
                 state=state,
-                tag=task.tag,
-                status_code=reply.status_code,
-                status_message=reply.message or None,
+                tag=tag,
+                status_code=code,
+                status_message=message,
                 reason=reason,
             )
-            for line, task in batch
+            for line, tag in zip(batch.lines, batch.tags, strict=True)
         ]
-        ledger.record(
+        writer.record(
             batch_id,
-            receipts,
-            batch_state="unknown" if state == "unknown" else "not_created",
-            attempts=attempt,
-            http_status=reply.http_status,
-            status_code=reply.status_code,
-            note=reply.message,
+            (
+                "unknown" if state == "unknown" else "not_created",
+                reply.http_status,
+                code,
+                attempt,
+                reply.message,
+            ),
+            [(state, None, code, message, None, None, reason, batch_id, r.line) for r in receipts],
         )
         if emit:
-            await self._emit(receipts)
+            await self._emit(receipts, state)
 
     async def _record_ok(self, batch: _Batch, batch_id: int, reply: Reply, attempt: int) -> None:
-        ledger = self.ledger
+        writer = self._writer
         env = reply.envelope
-        assert ledger is not None and env is not None
+        assert writer is not None and env is not None
         replies = env.tasks or []
+        n_replies = len(replies)
         receipts: list[Receipt] = []
+        rows: list[tuple[Any, ...]] = []
+        created: list[tuple[Any, ...]] = []
         cost = 0.0
-        for i, (line, task) in enumerate(batch):
-            tag = task.tag
-            if i >= len(replies):
-                if env.tasks is None:
-                    # The whole call was refused with a code of its own: nothing created.
-                    r = Receipt(
-                        line=line,
-                        state="failed",
-                        tag=tag,
-                        status_code=env.status_code,
-                        status_message=env.status_message,
-                    )
-                else:
+        for i, line in enumerate(batch.lines):
+            tag = batch.tags[i]
+            if i < n_replies:
+                t = replies[i]
+                code, msg, task_cost = t.status_code, t.status_message, t.cost
+                echoed = t.data.tag if t.data is not None else None
+                if code == 20100 and (echoed is None or echoed == tag):
+                    # The common case, kept short: one receipt and one row per task.
+                    receipts.append(Receipt(line, "created", tag, t.id, 20100, msg, task_cost))
+                    created.append((t.id, msg, task_cost, batch_id, line))
+                    cost += task_cost or 0.0
+                    continue
+                if echoed is not None and echoed != tag:
                     r = Receipt(
                         line=line,
                         state="unknown",
                         tag=tag,
-                        reason="the service answered fewer tasks than were sent",
+                        status_code=code,
+                        status_message=msg,
+                        reason=f"reply out of order (tag {echoed!r} for line {line})",
                     )
-                receipts.append(r)
-                continue
-            t = replies[i]
-            echoed = t.data.tag if t.data is not None else None
-            if echoed is not None and echoed != tag:
-                r = Receipt(
-                    line=line,
-                    state="unknown",
-                    tag=tag,
-                    status_code=t.status_code,
-                    status_message=t.status_message,
-                    reason=f"reply out of order (tag {echoed!r} for line {line})",
-                )
-            elif t.status_code == 20100:
-                r = Receipt(
-                    line=line,
-                    state="created",
-                    tag=tag,
-                    task_id=t.id,
-                    status_code=20100,
-                    status_message=t.status_message,
-                    cost=t.cost,
-                )
-                cost += t.cost or 0.0
-            elif t.status_code in INVALID_TASK_CODES:
-                r = Receipt(
-                    line=line,
-                    state="rejected",
-                    tag=tag,
-                    task_id=t.id,
-                    status_code=t.status_code,
-                    status_message=t.status_message,
-                    cost=t.cost,
-                    field=_field_of(t.status_message),
-                    reason=t.status_message,
-                )
-            else:
+                elif code in INVALID_TASK_CODES:
+                    r = Receipt(
+                        line=line,
+                        state="rejected",
+                        tag=tag,
+                        task_id=t.id,
+                        status_code=code,
+                        status_message=msg,
+                        cost=task_cost,
+                        field=_field_of(msg),
+                        reason=msg,
+                    )
+                else:
+                    r = Receipt(
+                        line=line,
+                        state="failed",
+                        tag=tag,
+                        task_id=t.id,
+                        status_code=code,
+                        status_message=msg,
+                        cost=task_cost,
+                    )
+            elif env.tasks is None:
+                # The whole call was refused with a code of its own: nothing created.
                 r = Receipt(
                     line=line,
                     state="failed",
                     tag=tag,
-                    task_id=t.id,
-                    status_code=t.status_code,
-                    status_message=t.status_message,
-                    cost=t.cost,
+                    status_code=env.status_code,
+                    status_message=env.status_message,
+                )
+            else:
+                r = Receipt(
+                    line=line,
+                    state="unknown",
+                    tag=tag,
+                    reason="the service answered fewer tasks than were sent",
                 )
             receipts.append(r)
+            rows.append(
+                (
+                    r.state,
+                    r.task_id,
+                    r.status_code,
+                    r.status_message,
+                    r.cost,
+                    r.field,
+                    r.reason,
+                    batch_id,
+                    line,
+                )
+            )
         self.stats.cost_usd += env.cost if env.cost is not None else cost
-        ledger.record(
-            batch_id,
-            receipts,
-            batch_state="done",
-            attempts=attempt,
-            http_status=reply.http_status,
-            status_code=env.status_code,
+        writer.record(
+            batch_id, ("done", reply.http_status, env.status_code, attempt, None), rows, created
         )
-        await self._emit(receipts)
+        await self._emit(receipts, "created" if not rows else None)
 
 
 def _field_of(message: str) -> str | None:

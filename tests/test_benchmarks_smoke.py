@@ -125,3 +125,23 @@ def test_every_script_has_help(script: str) -> None:
         check=False,
     )
     assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_run_all_quick_runs_the_scripts_and_leaves_the_docs(tmp_path: Path) -> None:
+    docs = BENCH.parent / "docs" / "benchmarks.md"
+    before = docs.read_text()
+    env = {**os.environ, "LLMTASKS_BENCH_RESULTS": str(tmp_path)}
+    extra = [] if HAVE_OFFICIAL else ["--no-official"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "throughput", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "throughput-quick.json").read_text())
+    assert saved["command"].startswith("python benchmarks/bench_throughput.py --quick")
+    assert isinstance(saved["dirty"], bool) and saved["commit"]
+    assert docs.read_text() == before
