@@ -30,6 +30,7 @@ from llmtasks._input import InputLine, detect_format, read_lines
 from llmtasks._ledger import CollectedRow, Ledger
 from llmtasks._llm_result import decode_result
 from llmtasks._outputs import _atomic
+from llmtasks._rules import TaskRules
 
 Kind = Literal["int", "float", "str", "text", "bool", "strlist", "datetime_text", "unix"]
 TableFormat = Literal["csv", "jsonl", "parquet"]
@@ -131,9 +132,16 @@ class InputColumns:
     comes back as None, and is counted in ``unreadable``.
     """
 
-    def __init__(self, path: str, *, fmt: str | None, default_model: str | None) -> None:
+    def __init__(
+        self, path: str, *, fmt: str | None, default_model: str | None, engine: str
+    ) -> None:
         self.path = path
-        self._lines = read_lines(path, fmt=detect_format(path, fmt), default_model=default_model)
+        # The engine the run sent to, so its rules judge the line as they did then; their
+        # warnings were the run's to give, not the export's.
+        rules = TaskRules(engine, warn=lambda _message: None)
+        self._lines = read_lines(
+            path, fmt=detect_format(path, fmt), default_model=default_model, rules=rules
+        )
         self._current: InputLine | None = None
         self._done = False
         self.unreadable = 0
@@ -192,7 +200,12 @@ def open_input(
         input_path = found
     elif not os.path.isfile(input_path):
         raise InputError(f"{input_path}: no such file")
-    return InputColumns(input_path, fmt=input_format, default_model=_stand_in_model(ledger))
+    return InputColumns(
+        input_path,
+        fmt=input_format,
+        default_model=_stand_in_model(ledger),
+        engine=ledger.engine,
+    )
 
 
 def _stand_in_model(ledger: Ledger) -> str:

@@ -44,6 +44,9 @@ def _prompts(path: Path, engine: str) -> None:
                 task["web_search"] = True
             if i == 5:
                 task["tag"] = "my-own-tag"
+            if i == 7 and engine != "chat_gpt":
+                # Valid only under this engine's rules: export must read it with them.
+                task.update(use_reasoning=True, max_output_tokens=2000)
             f.write(orjson.dumps(task) + b"\n")
         f.write(b'{"user_prompt": "too hot", "temperature": 5}\n')  # rejected
 
