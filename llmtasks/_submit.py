@@ -589,6 +589,10 @@ class Submitter:
             for r in receipts:
                 self.stats.count(r.state)
         if self._out is not None and receipts:
+            if self.ledger is not None and self.ledger.fanout:
+                # One outcome per (line, engine): a fan-out run's receipts name the engine.
+                replace, engine = msgspec.structs.replace, self.engine
+                receipts = [replace(r, engine=engine) for r in receipts]
             await self._out.put(receipts)
 
     async def _produce(
@@ -597,7 +601,7 @@ class Submitter:
         ledger, writer = self.ledger, self._writer
         assert ledger is not None and writer is not None
         last_known = ledger.last_line()
-        tag_prefix = f"llmtasks:{ledger.run_id}:"
+        tag_prefix = ledger.tag_prefix
         # The generated tag is ASCII without quotes, so it is spliced in without encoding.
         splice = b',"tag":"' + tag_prefix.encode() + b'%d"}'
         push = [
