@@ -202,7 +202,7 @@ async def submit_fanout(
                 + ", ".join(f"{n:,} {state}" for state, n in sorted(per_engine.get(e, {}).items()))
                 for e in engines
             )
-            print(text.replace("line", "(line, engine) pair", 1), file=sys.stderr)
+            print(text.replace("line", "(line, engine) pair", 2), file=sys.stderr)
     finally:
         for view in views[1:]:
             view.close()
