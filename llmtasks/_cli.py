@@ -605,11 +605,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from llmtasks._input import detect_format, read_lines
+    from llmtasks._input import BLANK, detect_format, read_lines
     from llmtasks._rules import TaskRules
 
     fmt = detect_format(args.input, args.format)
-    total = {"valid": 0, "rejected": 0, "skipped": 0}
+    total = {"valid": 0, "rejected": 0, "skipped": 0, "routed": 0}
     all_calls = 0
     for engine in args.engines:
         counts = {"valid": 0, "rejected": 0, "skipped": 0}
@@ -617,8 +617,13 @@ def _dry_run(args: argparse.Namespace) -> int:
         # A dry run sends nothing, not even the models call: the built-in table stands in.
         rules = TaskRules(engine)
         model = args.model_by_engine[engine]
-        for il in read_lines(args.input, fmt=fmt, default_model=model, rules=rules):
-            if il.skipped:
+        lines = read_lines(
+            args.input, fmt=fmt, default_model=model, rules=rules, engines=args.engines
+        )
+        for il in lines:
+            if il.skipped and il.reason != BLANK:
+                counts["routed"] = counts.get("routed", 0) + 1
+            elif il.skipped:
                 counts["skipped"] += 1
             elif il.task is None:
                 counts["rejected"] += 1
@@ -632,7 +637,7 @@ def _dry_run(args: argparse.Namespace) -> int:
         calls = -(-counts["valid"] // args.batch_size)
         all_calls += calls
         for k, n in counts.items():
-            total[k] += n
+            total[k] = total.get(k, 0) + n
         summary = dry_run_summary(args, counts, calls)
         if len(args.engines) > 1:
             summary = summary.replace("dry run of", f"dry run ({engine}) of", 1)
@@ -661,7 +666,9 @@ def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int
     minutes = calls / rate * args.period / 60
     return (
         f"llmtasks: dry run of {args.input}: {count(lines, 'line')}, {counts['valid']:,} valid, "
-        f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank; "
+        f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank"
+        + (f", {counts['routed']:,} for other engines" if counts.get("routed") else "")
+        + "; "
         f"{count(calls, 'call')} (at least {minutes:.1f} min at {rate:,} per "
         f"{args.period:g} s{whose}); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} "
         "per task; nothing sent"

@@ -119,6 +119,7 @@ async def submit_fanout(
                                 fmt=fmt,
                                 default_model=args.model_by_engine[view.engine],
                                 rules=quiet,
+                                engines=engines,
                             )
                         )
                 if not args.no_preflight:
@@ -159,6 +160,7 @@ async def submit_fanout(
                                     fmt=fmt,
                                     default_model=s.default_model,
                                     rules=s.rules,
+                                    engines=engines,
                                 ),
                             )
                             for s in subs

@@ -288,3 +288,59 @@ def test_a_ledger_written_before_fanout_still_resumes(tmp_path: Path) -> None:
     got = run_cli("status", "--ledger", str(path), "--json")
     assert got.returncode == 0, got.stderr
     assert orjson.loads(got.stdout)["engines"] == {"claude": {"created": 1, "unknown": 1}}
+
+
+def test_an_engine_field_routes_its_line_and_is_never_sent(emulator: Any, tmp_path: Path) -> None:
+    emu = emulator()
+    src = tmp_path / "routed.jsonl"
+    src.write_bytes(
+        b'{"user_prompt": "everyone"}\n'
+        b'{"user_prompt": "claude only", "engine": "claude"}\n'
+        b'{"user_prompt": "gemini only", "engine": "gemini", "use_reasoning": true}\n'
+        b'{"user_prompt": "nobody", "engine": "bing"}\n'
+    )
+    models = [f"--model={e}={m}" for e, m in MODELS.items() if e != "chat_gpt"]
+    args = ("submit", str(src), "--engine", "claude,gemini", *models, "--base-url", emu.url)
+    got = run_cli(*args)
+    assert got.returncode == 1, got.stderr  # the line for no engine of the run
+    created = Counter((t["engine"], t["user_prompt"]) for t in emu.created())
+    assert created == {
+        ("claude", "everyone"): 1,
+        ("gemini", "everyone"): 1,
+        ("claude", "claude only"): 1,
+        ("gemini", "gemini only"): 1,
+    }
+    assert all("engine" not in t["data"] for t in emu.created())
+    receipts = read_jsonl(tmp_path / "routed.jsonl.receipts.jsonl")
+    assert [(r["line"], r["engine"], r["state"]) for r in receipts] == [
+        (1, "claude", "created"),
+        (1, "gemini", "created"),
+        (2, "claude", "created"),
+        (2, "gemini", "skipped"),
+        (3, "claude", "skipped"),
+        (3, "gemini", "created"),
+        (4, "claude", "rejected"),
+        (4, "gemini", "rejected"),
+    ]
+    assert receipts[3]["reason"] == "sent to claude by its engine field"
+    rejects = read_jsonl(tmp_path / "routed.jsonl.rejects.jsonl")
+    assert {(r["field"], r["reason"]) for r in rejects} == {
+        ("engine", 'must be an engine of this run (claude, gemini), got "bing"')
+    }
+    # The same in CSV, with an engine column.
+    emu2 = emulator()
+    csv_src = tmp_path / "routed.csv"
+    csv_src.write_text("user_prompt,engine\neveryone,\nclaude only,claude\nnobody,chat_gpt\n")
+    got = run_cli("submit", str(csv_src), "--engine", "claude,gemini", *models,
+                  "--base-url", emu2.url)  # fmt: skip
+    assert got.returncode == 1, got.stderr
+    assert Counter((t["engine"], t["user_prompt"]) for t in emu2.created()) == {
+        ("claude", "everyone"): 1,
+        ("gemini", "everyone"): 1,
+        ("claude", "claude only"): 1,
+    }
+    rejects = read_jsonl(tmp_path / "routed.csv.rejects.jsonl")
+    assert [(r["line"], r["engine"], r["field"]) for r in rejects] == [
+        (4, "claude", "engine"),
+        (4, "gemini", "engine"),
+    ]
