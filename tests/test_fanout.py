@@ -344,3 +344,78 @@ def test_an_engine_field_routes_its_line_and_is_never_sent(emulator: Any, tmp_pa
         (4, "claude", "engine"),
         (4, "gemini", "engine"),
     ]
+
+
+def _pairs(path: Path) -> dict[tuple[int, str], tuple[str, str | None]]:
+    """(line, engine) -> (state, task_id); pairs of a batch still marked sending (a killed
+    run's calls in flight) read as "sending"."""
+    import array
+
+    with sqlite3.connect(path) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
+            return {}
+        in_flight = {
+            (line, engine)
+            for packed, engine in db.execute(
+                "SELECT lines, engine FROM batches WHERE state = 'sending'"
+            )
+            for line in array.array("q", packed).tolist()
+        }
+        return {
+            (line, engine): ("sending" if (line, engine) in in_flight else state, task_id)
+            for line, engine, state, task_id in db.execute(
+                "SELECT line, engine, state, task_id FROM lines"
+            )
+        }
+
+
+def test_kill_9_and_lost_replies_then_reconcile_and_rerun(emulator: Any, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import spawn_cli
+
+    emu = emulator("--latency-ms", "40", "--drop-rate", "0.05", "--seed", "3",
+                   "--id-list-rate", "600")  # fmt: skip
+    n = 200
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"user_prompt": _prompt(i)}) + b"\n" for i in range(n)))
+    ledger = tmp_path / "run.sqlite"
+    models = [f"--model={e}={m}" for e, m in MODELS.items()]
+    args = ("submit", str(src), "--engine", ",".join(ENGINES), *models, "--base-url", emu.url,
+            "--batch-size", "5", "--concurrency", "3", "--ledger", str(ledger))  # fmt: skip
+    kills = 0
+    for delay in (0.8, 1.2):
+        proc = spawn_cli(*args, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    reconciled = 0
+    for _ in range(12):
+        pairs = _pairs(ledger)
+        if Counter(s for s, _ in pairs.values()) == {"created": 3 * n}:
+            break
+        if any(s in ("unknown", "sending") for s, _ in pairs.values()):
+            # A submit marks a dead run's batches unknown; reconcile then looks them up.
+            run_cli(*args, "-q")
+            r = run_cli("reconcile", "--ledger", str(ledger), "--base-url", emu.url,
+                        "--min-age", "0")  # fmt: skip
+            assert r.returncode in (0, 1), r.stderr
+            reconciled += r.stderr.count("found (created)")
+        run_cli(*args, "-q")
+    pairs = _pairs(ledger)
+    assert Counter(s for s, _ in pairs.values()) == {"created": 3 * n}
+    assert reconciled >= 3 and reconciled % 3 == 0  # each engine looked its lost replies up
+    created = emu.created()
+    assert Counter((t["engine"], t["user_prompt"]) for t in created) == Counter(
+        {(e, _prompt(i)): 1 for e in ENGINES for i in range(n)}
+    )  # every line once on each engine, whatever was killed or lost
+    by_id = {t["id"]: t for t in created}
+    for (line, engine), (_, task_id) in pairs.items():
+        assert task_id is not None
+        assert by_id[task_id]["engine"] == engine
+        assert by_id[task_id]["user_prompt"] == _prompt(line - 1)
