@@ -235,9 +235,10 @@ class ResultWriter:
 
 
 def _line_bytes(row: tuple[Any, ...]) -> bytes:
-    _seq, line, tag, task_id, code, message, result = row
+    _seq, line, tag, task_id, code, message, result, *engine = row
     doc = {
         "line": line,
+        **({"engine": engine[0]} if engine else {}),
         "tag": tag,
         "task_id": task_id,
         "status_code": code,

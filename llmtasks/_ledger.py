@@ -651,11 +651,15 @@ class Ledger:
         return new
 
     def results_after(self, seq: int, *, limit: int = 2000) -> list[tuple[Any, ...]]:
-        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order."""
+        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order,
+        and in a fan-out ledger the task's engine."""
+        engine = (
+            ", (SELECT l.engine FROM lines l WHERE l.task_id = r.task_id)" if self.fanout else ""
+        )
         return list(
             self._db.execute(
-                "SELECT seq, line, tag, task_id, status_code, status_message, result "
-                "FROM results WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, line, tag, task_id, status_code, status_message, result"
+                f"{engine} FROM results r WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
         )

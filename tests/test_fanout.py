@@ -136,11 +136,13 @@ def test_results_one_row_per_line_and_engine_with_the_service_answer(run: Run) -
     ]
     collected = {r["task_id"]: r for r in run.results}
     assert len(collected) == 3 * N
+    assert Counter(r["engine"] for r in run.results) == dict.fromkeys(ENGINES, N)
     created = {t["id"]: t for t in run.emu.created()}
     searched_with_citations = 0
     for row in rows:
         service = collected[row["task_id"]]["result"][0]
         assert created[row["task_id"]]["engine"] == row["engine"]
+        assert collected[row["task_id"]]["engine"] == row["engine"]
         assert row["prompt"] == _prompt(int(row["line"]) - 1)
         assert row["answer_text"] == "\n\n".join(
             s["text"] for item in service["items"] if item["type"] == "message"
