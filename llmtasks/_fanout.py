@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from llmtasks._errors import LlmtasksError
+from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger
 from llmtasks._submit import Submitter
 
@@ -57,9 +57,10 @@ async def submit_fanout(
     from llmtasks._shared import shared_throttle
 
     if args.shard is not None:
-        from llmtasks._errors import ConfigError
-
         raise ConfigError("--shard works with one --engine at a time")
+    if args.input == "-":
+        # Each engine reads the input on its own: stdin can be read only once.
+        raise ConfigError("several --engine read the input once each: give a file, not -")
     engines: tuple[str, ...] = args.engines
     ledger_path = args.ledger or _default_path(args.input, "ledger.sqlite")
     receipts_path = args.receipts or _default_path(args.input, "receipts.jsonl")

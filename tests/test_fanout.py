@@ -421,3 +421,20 @@ def test_kill_9_and_lost_replies_then_reconcile_and_rerun(emulator: Any, tmp_pat
         assert task_id is not None
         assert by_id[task_id]["engine"] == engine
         assert by_id[task_id]["user_prompt"] == _prompt(line - 1)
+
+
+def test_one_budget_for_all_engines_and_no_stdin(emulator: Any, tmp_path: Path) -> None:
+    emu = emulator("--latency-ms", "30")
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"user_prompt": _prompt(i)}) + b"\n" for i in range(200)))
+    models = [f"--model={e}={m}" for e, m in MODELS.items()]
+    args = ("--engine", ",".join(ENGINES), *models, "--base-url", emu.url, "--batch-size", "10")
+    got = run_cli("submit", str(src), *args, "--max-cost-usd", "0.5", "--concurrency", "6")
+    assert got.returncode == 3, got.stderr
+    spent = sum(t["cost_usd"] for t in emu.created())
+    # Every engine's calls in flight count against the one budget: never above it.
+    assert 0 < spent <= 0.5
+    assert len(emu.created()) <= 40
+    got = run_cli("submit", "-", *args, stdin=src.read_bytes())
+    assert got.returncode == 2
+    assert "give a file, not -" in got.stderr
