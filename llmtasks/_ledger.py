@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS lines (
     batch_id INTEGER,
     collected INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (line, engine)
-);
+) WITHOUT ROWID;
 """
 # No index on ``lines`` while submitting: task ids are random, so an index on them costs more
 # than everything else a line needs. Only the commands that look tasks up by id create it.
