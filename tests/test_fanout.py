@@ -110,6 +110,13 @@ def test_receipts_and_rejects_have_one_row_per_line_and_engine(run: Run) -> None
     ]
 
 
+def test_export_of_receipts_has_an_engine_column(run: Run) -> None:
+    table = _export(run, "--state", "rejected")
+    assert [(r["line"], r["engine"], r["field"]) for r in table] == [
+        (str(BAD), e, "temperature") for e in sorted(ENGINES)
+    ]
+
+
 def test_status_shows_each_engine(run: Run) -> None:
     got = run_cli("status", "--ledger", str(run.ledger), "--json")
     assert got.returncode == 0, got.stderr
