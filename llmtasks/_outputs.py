@@ -72,8 +72,9 @@ def write_csv(
         out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(out)
         # A fan-out ledger has one receipt per (line, engine): the engine is the 2nd column.
-        fields = (*RECEIPT_FIELDS[:1], "engine", *RECEIPT_FIELDS[1:])
-        fields = fields if ledger.fanout else RECEIPT_FIELDS
+        fields: tuple[str, ...] = RECEIPT_FIELDS
+        if ledger.fanout:
+            fields = (*RECEIPT_FIELDS[:1], "engine", *RECEIPT_FIELDS[1:])
         writer.writerow(fields)
         for r in ledger.receipts(states=states):
             writer.writerow(["" if v is None else v for v in _row(r, fields)])
