@@ -24,8 +24,11 @@ from typing import Any, Final, NamedTuple, TextIO
 from llmtasks._errors import ConfigError, InputError
 from llmtasks._ledger_writer import LedgerWriter
 from llmtasks._receipt import Receipt, State
+from llmtasks._task import ENGINES
 
-SCHEMA_VERSION: Final = 1
+#: 2: ``engine`` columns, one row per (line, engine) (1: one engine per ledger, migrated
+#: when opened).
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +102,8 @@ class Ledger:
         #: The run's engines, in the order given (a ledger older than fan-out: its one engine).
         self.engines: tuple[str, ...] = tuple((meta.get("engines") or meta["engine"]).split(","))
         self.engine: str = engine or self.engines[0]
+        if not set(self.engines) <= set(ENGINES):
+            raise InputError(f"{path}: not a usable llmtasks ledger (engines {self.engines})")
         if self.engine not in self.engines:
             raise ConfigError(
                 f"ledger {path} holds {', '.join(self.engines)} tasks, not {self.engine}"
@@ -195,12 +200,23 @@ class Ledger:
         ledger's one engine's (adding a column with a default rewrites nothing)."""
         for table in ("lines", "batches"):
             cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if "engine" not in cols:
-                # The engine is one of ENGINES (checked at creation): safe in the statement.
-                self._db.execute(
-                    f"ALTER TABLE {table} ADD COLUMN engine TEXT NOT NULL "
-                    f"DEFAULT '{self.engines[0]}'"
-                )
+            if "engine" in cols:
+                continue
+            try:
+                with _tx(self._db):
+                    # The engine is one of ENGINES (checked above): safe in the statement.
+                    self._db.execute(
+                        f"ALTER TABLE {table} ADD COLUMN engine TEXT NOT NULL "
+                        f"DEFAULT '{self.engines[0]}'"
+                    )
+                    self._db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                    )
+            except sqlite3.OperationalError:
+                # Another process opening the same old ledger added it first.
+                cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if "engine" not in cols:
+                    raise
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> Ledger:
