@@ -87,10 +87,12 @@ def format_status(status: dict[str, Any]) -> str:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     states = status["states"]
+    # A status from before fan-out has no per-engine counts: its one engine has them all.
+    by_engine: dict[str, dict[str, int]] = status.get("engines") or {status["engine"]: states}
     order = ["created", "rejected", "failed", "skipped", "unknown", "sending", "pending"]
     out = [
         f"ledger   {status['ledger']}",
-        f"input    {status['input'] or '-'}   engine {','.join(status['engines'])}   "
+        f"input    {status['input'] or '-'}   engine {','.join(by_engine)}   "
         f"run {status['run_id']}",
         f"lines    {status['lines']:,}: "
         + ", ".join(f"{states[s]:,} {s}" for s in order if states.get(s)),
@@ -104,11 +106,11 @@ def format_status(status: dict[str, Any]) -> str:
             else ""
         ),
     ]
-    if len(status["engines"]) > 1:
+    if len(by_engine) > 1:
         # A fan-out: one outcome per (line, engine); each engine's share.
-        for engine, by in status["engines"].items():
+        for engine, by in by_engine.items():
             out.insert(
-                3 + list(status["engines"]).index(engine),
+                3 + list(by_engine).index(engine),
                 f"  {engine:<9}{sum(by.values()):,}: "
                 + ", ".join(f"{by[s]:,} {s}" for s in order if by.get(s)),
             )
