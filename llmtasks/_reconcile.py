@@ -27,9 +27,10 @@ import orjson
 
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._ledger import Ledger
-from llmtasks._ratelimit import RateLimiter
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
+from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
 from llmtasks._transport import Transport
 
 log = logging.getLogger("llmtasks")
@@ -83,7 +84,13 @@ async def reconcile(
     min_age_s: float = DEFAULT_MIN_AGE_S,
     skew_s: float = DEFAULT_SKEW_S,
     id_list_rate: int = 10,
+    tasks_ready_rate: int = 20,
+    id_list_throttle: Throttle | None = None,
+    tasks_ready_throttle: Throttle | None = None,
 ) -> ReconcileReport:
+    """Settle the ledger's ``unknown`` lines. Every id_list and tasks_ready call takes a
+    token first: from the given throttles (a fleet's shared budgets), else from local
+    buckets at ``id_list_rate`` / ``tasks_ready_rate`` per minute."""
     report = ReconcileReport()
     unknown = ledger.lines_in_state("unknown")
     report.unknown = len(unknown)
@@ -107,7 +114,9 @@ async def reconcile(
     for line, tag, digest, _ in ripe:
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
-    limiter = RateLimiter(rate=max(2, id_list_rate), period_s=60.0)
+    limiter = id_list_throttle or LocalThrottle(
+        RateLimiter(rate=max(2, id_list_rate), period_s=60.0), ConcurrencyGate(limit=1)
+    )
     found: dict[int, Receipt] = {}
     windows = _windows([sent_at[b] for b in searchable], skew_s)
     for lo, hi in ((lo, min(hi, service_now)) for lo, hi in windows):
@@ -121,7 +130,11 @@ async def reconcile(
             offset += PAGE
     missing = [u for u in ripe + blind if u[0] not in found]
     if missing:
-        await _tasks_ready(transport, ledger.engine, missing, found, report)
+        ready = tasks_ready_throttle or LocalThrottle(
+            RateLimiter(rate=max(2, tasks_ready_rate), period_s=60.0, burst=1),
+            ConcurrencyGate(limit=1),
+        )
+        await _tasks_ready(transport, ready, ledger.engine, missing, found, report)
     verdicts = list(found.values())
     for line, _, _, _ in ripe:
         if line not in found:
@@ -213,6 +226,7 @@ def _match(
 
 async def _tasks_ready(
     transport: Transport,
+    throttle: Throttle,
     engine: str,
     missing: list[tuple[int, str | None, bytes | None, int]],
     found: dict[int, Receipt],
@@ -225,8 +239,23 @@ async def _tasks_ready(
     for line, tag, _, _ in missing:
         if tag is not None:
             lines_by_tag.setdefault(tag, []).append(line)
-    report.calls += 1
-    reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
+    retry = RetryPolicy(max_attempts=_MAX_TRIES)
+    successes = auth_glitches = 0
+    for attempt in range(1, retry.max_attempts + 1):
+        report.calls += 1
+        async with throttle.slot() as admitted_at:
+            reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
+        throttle.react(reply, admitted_at)
+        if reply.kind == "auth":
+            auth_glitches += 1
+        # A read: asking again can never create or cost anything.
+        if attempt < retry.max_attempts and retry.retryable(
+            reply, successes=successes, auth_glitches=auth_glitches, idempotent=True
+        ):
+            log.info("tasks_ready failed (%s), attempt %d", reply.message, attempt)
+            await asyncio.sleep(retry.delay_s(attempt))
+            continue
+        break
     if reply.kind != "ok":
         log.info("tasks_ready not available for reconcile (%s)", reply.message)
         return
@@ -248,7 +277,7 @@ async def _tasks_ready(
 
 async def _page(
     transport: Transport,
-    limiter: RateLimiter,
+    limiter: Throttle,
     lo: float,
     hi: float,
     offset: int,
@@ -268,9 +297,11 @@ async def _page(
         ]
     )
     for attempt in range(1, _MAX_TRIES + 1):
-        await limiter.acquire()
         report.calls += 1
-        reply = await transport.post(ID_LIST_PATH, body)
+        async with limiter.slot() as admitted_at:
+            reply = await transport.post(ID_LIST_PATH, body)
+        # 40202 (or 429) slows every later id_list call down.
+        limiter.react(reply, admitted_at)
         if reply.kind == "auth":
             raise AuthError(f"the service refused the credentials ({reply.message})")
         if reply.kind == "ok" and reply.envelope is not None:
@@ -283,8 +314,6 @@ async def _page(
             reason = f"{task.status_code} {task.status_message}" if task else "no task"
         else:
             reason = reply.message
-        if reply.kind == "retry" and reply.status_code == 40202:
-            limiter.slow_down()
         # id_list is a free read: asking again can never cost anything.
         log.info("id_list failed (%s), attempt %d", reason, attempt)
         await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
