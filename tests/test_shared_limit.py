@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tests.conftest import (
     read_jsonl,
     require,
     require_module,
+    run_cli,
     spawn_cli,
     write_prompts,
 )
@@ -439,6 +441,49 @@ def test_three_submits_then_three_collects_share_the_task_get_budget(
     # One budget per published limit (a log expires a window after its last call; the state
     # that holds its schedule lasts).
     assert {f"{prefix}{f}:state" for f in ("task_post", "task_get", "tasks_ready")} <= keys
+
+
+def test_reconcile_takes_its_calls_from_the_fleets_budgets_and_retries_tasks_ready(
+    emulator, redis_server, tmp_path: Path
+) -> None:
+    """reconcile --limiter: id_list and tasks_ready each from its own budget in Redis; its
+    tasks_ready call (once a single try with no token) is retried when the service fails."""
+    import redis
+
+    from tests.test_reliability import _ledger_rows
+
+    emu = emulator("--drop-rate", "1.0", "--id-list-rate", "600", "--seed", "1")
+    src = tmp_path / "in.jsonl"
+    write_prompts(src, 6)
+    ledger = tmp_path / "run.sqlite"
+    args = ("--base-url", emu.url, "--ledger", str(ledger), "--batch-size", "3")
+    assert run_cli("submit", str(src), *args).returncode == 1
+    with sqlite3.connect(ledger) as db:
+        # id_list cannot see a POST this old: only tasks_ready can find these tasks.
+        db.execute("UPDATE batches SET sent_at = sent_at - 86400")
+    # Seed 1: the first tasks_ready call is one of the failures (asserted below).
+    emu.set_config(drop_rate=0.0, fail_rate=0.5)
+    r = run_cli(
+        "reconcile",
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        emu.url,
+        "--min-age",
+        "0",
+        "--limiter",
+        redis_server.url,
+    )
+    assert r.returncode == 0, r.stderr
+    assert Counter(s for s, _, _ in _ledger_rows(ledger).values()) == {"created": 6}
+    ready = [c for c in emu.calls() if c["path"].endswith("/tasks_ready")]
+    assert ready[0]["http_status"] == 500 and ready[-1]["status_code"] == 20000, ready
+    prefix = f"llmtasks:{{{account_key(LOGIN)}}}:"
+    with redis.Redis(port=redis_server.port) as client:
+        keys = {k.decode() for k in client.scan_iter("llmtasks:*")}
+        admitted = client.zcard(f"{prefix}tasks_ready:log")
+    assert {f"{prefix}id_list:state", f"{prefix}tasks_ready:state"} <= keys
+    assert admitted == len(ready)  # every try took a token
 
 
 def test_redis_killed_mid_run_pauses_the_fleet_then_it_resumes(
