@@ -486,6 +486,38 @@ def test_reconcile_takes_its_calls_from_the_fleets_budgets_and_retries_tasks_rea
     assert admitted == len(ready)  # every try took a token
 
 
+def test_receive_and_models_take_their_calls_from_the_fleets_budgets(
+    emulator, redis_server, tmp_path: Path
+) -> None:
+    """receive --limiter: each pingback's task_get takes a token from the task_get budget in
+    Redis (under the account's task_get limit); models --limiter from the models budget."""
+    import redis
+
+    from tests.test_receive import ReceiverProcess, _write
+
+    emu = emulator("--task-get-rate", "20", "--period", "2", "--completion-delay", "0.5")
+    ledger, out, n = tmp_path / "run.sqlite", tmp_path / "results.jsonl", 60
+    recv = ReceiverProcess(
+        "--ledger", str(ledger), "--out", str(out), "--base-url", emu.url, "--until-done",
+        "--rate", "20", "--period", "2", "--margin", "0.2", "--limiter", redis_server.url,
+    )  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    _write(src, n, model_name="gpt-4.1-mini", pingback_url=f"{recv.url}/pingback?id=$id&tag=$tag")
+    sub = run_cli("submit", str(src), "--base-url", emu.url, "--ledger", str(ledger), "-q")
+    assert sub.returncode == 0, sub.stderr
+    assert recv.finish(120) == 0, recv.stderr
+    assert len(read_jsonl(out)) == n
+    gets = [c for c in emu.calls() if "/task_get/" in c["path"]]
+    assert len(gets) == n and {c["status_code"] for c in gets} == {20000}
+    assert _peak_window([c["at"] for c in gets], 2.0) <= 20
+    models = run_cli("models", "--base-url", emu.url, "--limiter", redis_server.url, "--json")
+    assert models.returncode == 0, models.stderr
+    prefix = f"llmtasks:{{{account_key(LOGIN)}}}:"
+    with redis.Redis(port=redis_server.port) as client:
+        keys = {k.decode() for k in client.scan_iter("llmtasks:*")}
+    assert {f"{prefix}task_get:state", f"{prefix}models:state"} <= keys
+
+
 def test_redis_killed_mid_run_pauses_the_fleet_then_it_resumes(
     emulator, redis_server, tmp_path: Path
 ) -> None:
