@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +41,8 @@ DEFAULT_SKEW_S: Final = 300.0
 #: A POST that timed out may still be running on the service: look only once it is surely done.
 DEFAULT_MIN_AGE_S: Final = 120.0
 _MAX_TRIES: Final = 6
+#: The same backoff as every other call (1 s, doubling to 30 s, from the upper half).
+_BACKOFF: Final = RetryPolicy(max_attempts=_MAX_TRIES)
 #: How far back id_list lists tasks with their metadata: "one month", read as the shortest.
 METADATA_REACH_S: Final = 28 * 24 * 3600.0
 CLOCK_PATH: Final = "/v3/appendix/user_data"
@@ -181,7 +182,7 @@ async def service_clock(transport: Transport, skew_s: float) -> tuple[float, str
             return reply.server_time, "the service's Date header"
         if reply.kind == "ok" or attempt == 3:
             break
-        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
     log.warning(
         "the service's reply had no Date header: taking our clock less %.0f s as its now", skew_s
     )
@@ -239,18 +240,15 @@ async def _tasks_ready(
     for line, tag, _, _ in missing:
         if tag is not None:
             lines_by_tag.setdefault(tag, []).append(line)
-    retry = RetryPolicy(max_attempts=_MAX_TRIES)
-    successes = auth_glitches = 0
+    retry = _BACKOFF
     for attempt in range(1, retry.max_attempts + 1):
         report.calls += 1
         async with throttle.slot() as admitted_at:
             reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
         throttle.react(reply, admitted_at)
-        if reply.kind == "auth":
-            auth_glitches += 1
-        # A read: asking again can never create or cost anything.
+        # A read: asking again can never create or cost anything (a lost reply included).
         if attempt < retry.max_attempts and retry.retryable(
-            reply, successes=successes, auth_glitches=auth_glitches, idempotent=True
+            reply, successes=0, auth_glitches=0, idempotent=True
         ):
             log.info("tasks_ready failed (%s), attempt %d", reply.message, attempt)
             await asyncio.sleep(retry.delay_s(attempt))
@@ -316,5 +314,5 @@ async def _page(
             reason = reply.message
         # id_list is a free read: asking again can never cost anything.
         log.info("id_list failed (%s), attempt %d", reason, attempt)
-        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
     raise ServiceError(f"id_list kept failing ({reason}); nothing was changed, try again later")
