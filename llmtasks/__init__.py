@@ -10,6 +10,7 @@ from llmtasks._errors import (
     InputError,
     LlmtasksError,
     ServiceError,
+    TaskRuleError,
 )
 from llmtasks._input import InputLine, read_lines
 from llmtasks._ledger import Ledger
@@ -42,6 +43,7 @@ __all__ = [
     "ServiceError",
     "Submitter",
     "Task",
+    "TaskRuleError",
     "TaskRules",
     "__version__",
     "collect",

@@ -171,6 +171,18 @@ def add_limits(p: argparse.ArgumentParser, *, calls: str, retried: str, function
     )
 
 
+def add_limiter(p: argparse.ArgumentParser) -> None:
+    """--limiter on every command that calls the service: one Redis for a whole fleet."""
+    p.add_argument(
+        "--limiter",
+        metavar="URL",
+        default=os.environ.get("LLMTASKS_LIMITER"),
+        help="share one account's limits with other processes through Redis, "
+        "redis://HOST:PORT/DB; each published limit (task_post, task_get, tasks_ready, "
+        "id_list, models) is its own budget (env LLMTASKS_LIMITER; see docs/fleet.md)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
@@ -265,13 +277,7 @@ def _add_submit(sub: Any) -> None:
         help="submit only lines I, I+N, I+2N, ... (for N processes on one input; each shard "
         "has its own ledger, INPUT.shard-I-of-N.ledger.sqlite by default)",
     )
-    p.add_argument(
-        "--limiter",
-        metavar="URL",
-        default=os.environ.get("LLMTASKS_LIMITER"),
-        help="share one account's limits with other processes through Redis, "
-        "redis://HOST:PORT/DB (env LLMTASKS_LIMITER; see docs/fleet.md)",
-    )
+    add_limiter(p)
     p.add_argument(
         "--progress-interval",
         type=_positive_float,
@@ -323,6 +329,13 @@ def _add_reconcile(sub: Any) -> None:
     p.add_argument(
         "--id-list-rate", type=_positive_int, default=10, help="id_list calls per minute (10)"
     )
+    p.add_argument(
+        "--tasks-ready-rate",
+        type=_positive_int,
+        default=20,
+        help="tasks_ready calls per minute (default 20, the service's limit)",
+    )
+    add_limiter(p)
     _add_common(p)
     p.set_defaults(handler=cmd_reconcile)
 
@@ -353,13 +366,38 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 async def _reconcile(args: argparse.Namespace, ledger: Any, login: str, password: str) -> int:
     from llmtasks._reconcile import reconcile
+    from llmtasks._shared import shared_throttle
     from llmtasks._transport import Transport
 
-    async with Transport(
-        base_url=args.base_url, login=login, password=password, allow_insecure=args.allow_insecure
-    ) as transport:
+    def shared(function: str, rate: int) -> Any:
+        return shared_throttle(
+            args.limiter,
+            login=login,
+            rate=rate,
+            period_s=60.0,
+            margin_s=None,
+            max_in_flight=30,
+            function=function,
+        )
+
+    async with (
+        Transport(
+            base_url=args.base_url,
+            login=login,
+            password=password,
+            allow_insecure=args.allow_insecure,
+        ) as transport,
+        shared("id_list", max(2, args.id_list_rate)) as id_list_throttle,
+        shared("tasks_ready", max(2, args.tasks_ready_rate)) as ready_throttle,
+    ):
         report = await reconcile(
-            ledger, transport, min_age_s=args.min_age, id_list_rate=args.id_list_rate
+            ledger,
+            transport,
+            min_age_s=args.min_age,
+            id_list_rate=args.id_list_rate,
+            tasks_ready_rate=args.tasks_ready_rate,
+            id_list_throttle=id_list_throttle,
+            tasks_ready_throttle=ready_throttle,
         )
     print(reconcile_summary(report), file=sys.stderr)
     return EXIT_OK if report.too_recent == 0 and report.unsearchable == 0 else EXIT_INCOMPLETE
@@ -829,6 +867,7 @@ async def _submit_to(
                 period_s=args.period,
                 margin_s=args.margin,
                 max_in_flight=args.concurrency,
+                function="task_post",
             ) as throttle:
                 if throttle is not None:
                     submitter.throttle = throttle

@@ -21,6 +21,7 @@ from llmtasks._cli import (
     _credentials,
     _positive_float,
     _positive_int,
+    add_limiter,
     add_limits,
     choose_rate,
     log,
@@ -82,6 +83,30 @@ def _limits(args: argparse.Namespace, rate: int | None = None) -> dict[str, Any]
     }
 
 
+def _shared(
+    args: argparse.Namespace,
+    login: str,
+    function: str,
+    rate: int,
+    period_s: float,
+    margin_s: float | None = None,
+) -> Any:
+    """The fleet's budget for ``function`` on ``--limiter``: a started RedisThrottle, or
+    None without --limiter (or without credentials: nothing to call)."""
+    from llmtasks._shared import shared_throttle
+
+    return shared_throttle(
+        args.limiter if login else None,
+        login=login,
+        rate=rate,
+        period_s=period_s,
+        margin_s=margin_s,
+        # Simultaneous calls are counted per account across functions: the account's cap.
+        max_in_flight=getattr(args, "concurrency", None) or 30,
+        function=function,
+    )
+
+
 def _default_out(ledger: str) -> str:
     from llmtasks._collect import default_out
 
@@ -114,6 +139,7 @@ def _add_collect(sub: Any) -> None:
         default=20,
         help="tasks_ready calls per minute (default 20, the service's limit)",
     )
+    add_limiter(p)
     p.add_argument(
         "--wait", action="store_true", help="keep polling until every created task is collected"
     )
@@ -254,7 +280,7 @@ async def _collect_engine(
 
     started = time.monotonic()
     stop_error: LlmtasksError | None = None
-    async with collector:
+    async with collector, contextlib.AsyncExitStack() as stack:
         ledger = collector.ledger
         assert ledger is not None
         if ledger.uncollected_count() or ledger.fetching():
@@ -263,6 +289,18 @@ async def _collect_engine(
             rate, rate_source = choose_rate(args, account, "task_get", warn=True)
             collector.use_rate(rate, args.period)
             log.info("task_get at %d per %g s (%s)", rate, args.period, rate_source)
+        if args.limiter:
+            # The fleet's budgets: task_get at the rate just chosen, tasks_ready at its own.
+            collector.share(
+                await stack.enter_async_context(
+                    _shared(
+                        args, login, "task_get", collector.limiter.rate, args.period, args.margin
+                    )
+                ),
+                await stack.enter_async_context(
+                    _shared(args, login, "tasks_ready", args.tasks_ready_rate, 60.0)
+                ),
+            )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
 
@@ -319,6 +357,7 @@ def _add_models(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=_positive_float, default=60.0, help="seconds to wait for a reply (60)"
     )
+    add_limiter(p)
     _add_common(p)
     p.set_defaults(handler=cmd_models)
 
@@ -334,14 +373,22 @@ async def _models(args: argparse.Namespace, login: str, password: str) -> int:
     from llmtasks._models import ModelCatalog, format_table
     from llmtasks._transport import Transport
 
-    async with Transport(
-        base_url=args.base_url,
-        login=login,
-        password=password,
-        timeout_s=args.timeout,
-        allow_insecure=args.allow_insecure,
-    ) as transport:
-        models = await ModelCatalog(transport).models(args.engine)
+    async with (
+        Transport(
+            base_url=args.base_url,
+            login=login,
+            password=password,
+            timeout_s=args.timeout,
+            allow_insecure=args.allow_insecure,
+        ) as transport,
+        _shared(args, login, "models", DOCUMENTED_PER_MINUTE, 60.0) as throttle,
+    ):
+        if throttle is None:
+            models = await ModelCatalog(transport).models(args.engine)
+        else:
+            # One call, at the documented per-minute default (the models budget of a fleet).
+            async with throttle.slot():
+                models = await ModelCatalog(transport).models(args.engine)
     if args.json:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(models)) + b"\n")
     else:
@@ -388,6 +435,7 @@ def _add_receive(sub: Any) -> None:
     )
     _add_service(p)
     add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
+    add_limiter(p)
     _add_common(p)
     p.set_defaults(handler=cmd_receive)
 
@@ -418,6 +466,13 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
+    # A pingback's task_get takes its token from the fleet's task_get budget with --limiter.
+    rate = args.rate or DOCUMENTED_PER_MINUTE
+    async with _shared(args, login, "task_get", rate, args.period, args.margin) as throttle:
+        return await _receive_with(args, login, password, throttle)
+
+
+async def _receive_with(args: argparse.Namespace, login: str, password: str, throttle: Any) -> int:
     from llmtasks._receiver import Receiver, secret_from_env, serve_until
 
     out = args.out or _default_out(args.ledger)
@@ -434,6 +489,7 @@ async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
         no_secret=args.no_secret,
         max_body_bytes=args.max_body,
         max_inflated_bytes=2 * args.max_body,
+        throttle=throttle,
         **_limits(args),
     )
     if secret is None and not args.quiet:

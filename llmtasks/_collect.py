@@ -33,7 +33,13 @@ from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._task import ENGINES
-from llmtasks._throttle import LocalThrottle, RetryPolicy, default_burst, default_concurrency
+from llmtasks._throttle import (
+    LocalThrottle,
+    RetryPolicy,
+    Throttle,
+    default_burst,
+    default_concurrency,
+)
 from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport, stop_error
 from llmtasks._words import count
 
@@ -260,8 +266,8 @@ class Collector:
     limiter: RateLimiter
     concurrency: int
     gate: ConcurrencyGate
-    throttle: LocalThrottle
-    ready_throttle: LocalThrottle
+    throttle: Throttle
+    ready_throttle: Throttle
 
     def __init__(
         self,
@@ -284,6 +290,8 @@ class Collector:
         poll_interval_s: float = 5.0,
         max_poll_interval_s: float = 120.0,
         allow_insecure: bool = False,
+        throttle: Throttle | None = None,
+        ready_throttle: Throttle | None = None,
     ) -> None:
         if engine is not None and engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -299,6 +307,8 @@ class Collector:
             raise ConfigError(str(exc)) from None
         self._concurrency_arg = concurrency
         self._margin_s = margin_s
+        # Shared throttles (a fleet's RedisThrottle per function) replace the local ones.
+        self._shared: tuple[Throttle | None, Throttle | None] = (throttle, ready_throttle)
         self.use_rate(rate, period_s)
         self.retry = RetryPolicy(
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
@@ -344,8 +354,16 @@ class Collector:
         self.gate = ConcurrencyGate(limit=self.concurrency)
         # task_get counts against the account's rate; tasks_ready has its own; both share
         # the account's cap on simultaneous calls.
-        self.throttle = LocalThrottle(self.limiter, self.gate)
-        self.ready_throttle = LocalThrottle(self.ready_limiter, self.gate)
+        self.throttle = self._shared[0] or LocalThrottle(self.limiter, self.gate)
+        self.ready_throttle = self._shared[1] or LocalThrottle(self.ready_limiter, self.gate)
+
+    def share(self, throttle: Throttle | None, ready_throttle: Throttle | None) -> None:
+        """Take task_get (``throttle``) and tasks_ready tokens from these (e.g. a fleet's
+        ``RedisThrottle`` per function) instead of this process's own buckets; ``None``
+        keeps the local one. Only before the first call."""
+        self._shared = (throttle, ready_throttle)
+        self.throttle = throttle or LocalThrottle(self.limiter, self.gate)
+        self.ready_throttle = ready_throttle or LocalThrottle(self.ready_limiter, self.gate)
 
     # -- lifecycle --------------------------------------------------------------------------
 

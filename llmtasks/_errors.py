@@ -17,6 +17,19 @@ class InputError(LlmtasksError):
     """The input cannot be read at all (missing file, input changed under the ledger)."""
 
 
+class TaskRuleError(LlmtasksError, ValueError):
+    """A task breaks a rule the service certainly enforces; ``field`` names the field to blame.
+
+    Also a ``ValueError``: raised while a ``Task`` is decoded, msgspec turns it into a
+    ``ValidationError`` (how a bad line becomes a reject naming its field), and code that
+    caught ``ValueError`` before keeps working. ``TaskRules.check`` raises it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class AuthError(LlmtasksError):
     """The service refused the credentials (40100, 40101, 40104)."""
 

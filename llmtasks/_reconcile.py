@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,9 +26,10 @@ import orjson
 
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._ledger import Ledger
-from llmtasks._ratelimit import RateLimiter
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
+from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
 from llmtasks._transport import Transport
 
 log = logging.getLogger("llmtasks")
@@ -41,6 +41,8 @@ DEFAULT_SKEW_S: Final = 300.0
 #: A POST that timed out may still be running on the service: look only once it is surely done.
 DEFAULT_MIN_AGE_S: Final = 120.0
 _MAX_TRIES: Final = 6
+#: The same backoff as every other call (1 s, doubling to 30 s, from the upper half).
+_BACKOFF: Final = RetryPolicy(max_attempts=_MAX_TRIES)
 #: How far back id_list lists tasks with their metadata: "one month", read as the shortest.
 METADATA_REACH_S: Final = 28 * 24 * 3600.0
 CLOCK_PATH: Final = "/v3/appendix/user_data"
@@ -83,7 +85,13 @@ async def reconcile(
     min_age_s: float = DEFAULT_MIN_AGE_S,
     skew_s: float = DEFAULT_SKEW_S,
     id_list_rate: int = 10,
+    tasks_ready_rate: int = 20,
+    id_list_throttle: Throttle | None = None,
+    tasks_ready_throttle: Throttle | None = None,
 ) -> ReconcileReport:
+    """Settle the ledger's ``unknown`` lines. Every id_list and tasks_ready call takes a
+    token first: from the given throttles (a fleet's shared budgets), else from local
+    buckets at ``id_list_rate`` / ``tasks_ready_rate`` per minute."""
     report = ReconcileReport()
     unknown = ledger.lines_in_state("unknown")
     report.unknown = len(unknown)
@@ -107,7 +115,9 @@ async def reconcile(
     for line, tag, digest, _ in ripe:
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
-    limiter = RateLimiter(rate=max(2, id_list_rate), period_s=60.0)
+    limiter = id_list_throttle or LocalThrottle(
+        RateLimiter(rate=max(2, id_list_rate), period_s=60.0), ConcurrencyGate(limit=1)
+    )
     found: dict[int, Receipt] = {}
     windows = _windows([sent_at[b] for b in searchable], skew_s)
     for lo, hi in ((lo, min(hi, service_now)) for lo, hi in windows):
@@ -121,7 +131,11 @@ async def reconcile(
             offset += PAGE
     missing = [u for u in ripe + blind if u[0] not in found]
     if missing:
-        await _tasks_ready(transport, ledger.engine, missing, found, report)
+        ready = tasks_ready_throttle or LocalThrottle(
+            RateLimiter(rate=max(2, tasks_ready_rate), period_s=60.0, burst=1),
+            ConcurrencyGate(limit=1),
+        )
+        await _tasks_ready(transport, ready, ledger.engine, missing, found, report)
     verdicts = list(found.values())
     for line, _, _, _ in ripe:
         if line not in found:
@@ -168,7 +182,7 @@ async def service_clock(transport: Transport, skew_s: float) -> tuple[float, str
             return reply.server_time, "the service's Date header"
         if reply.kind == "ok" or attempt == 3:
             break
-        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
     log.warning(
         "the service's reply had no Date header: taking our clock less %.0f s as its now", skew_s
     )
@@ -213,6 +227,7 @@ def _match(
 
 async def _tasks_ready(
     transport: Transport,
+    throttle: Throttle,
     engine: str,
     missing: list[tuple[int, str | None, bytes | None, int]],
     found: dict[int, Receipt],
@@ -225,8 +240,20 @@ async def _tasks_ready(
     for line, tag, _, _ in missing:
         if tag is not None:
             lines_by_tag.setdefault(tag, []).append(line)
-    report.calls += 1
-    reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
+    retry = _BACKOFF
+    for attempt in range(1, retry.max_attempts + 1):
+        report.calls += 1
+        async with throttle.slot() as admitted_at:
+            reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
+        throttle.react(reply, admitted_at)
+        # A read: asking again can never create or cost anything (a lost reply included).
+        if attempt < retry.max_attempts and retry.retryable(
+            reply, successes=0, auth_glitches=0, idempotent=True
+        ):
+            log.info("tasks_ready failed (%s), attempt %d", reply.message, attempt)
+            await asyncio.sleep(retry.delay_s(attempt))
+            continue
+        break
     if reply.kind != "ok":
         log.info("tasks_ready not available for reconcile (%s)", reply.message)
         return
@@ -248,7 +275,7 @@ async def _tasks_ready(
 
 async def _page(
     transport: Transport,
-    limiter: RateLimiter,
+    limiter: Throttle,
     lo: float,
     hi: float,
     offset: int,
@@ -268,9 +295,11 @@ async def _page(
         ]
     )
     for attempt in range(1, _MAX_TRIES + 1):
-        await limiter.acquire()
         report.calls += 1
-        reply = await transport.post(ID_LIST_PATH, body)
+        async with limiter.slot() as admitted_at:
+            reply = await transport.post(ID_LIST_PATH, body)
+        # 40202 (or 429) slows every later id_list call down.
+        limiter.react(reply, admitted_at)
         if reply.kind == "auth":
             raise AuthError(f"the service refused the credentials ({reply.message})")
         if reply.kind == "ok" and reply.envelope is not None:
@@ -283,9 +312,7 @@ async def _page(
             reason = f"{task.status_code} {task.status_message}" if task else "no task"
         else:
             reason = reply.message
-        if reply.kind == "retry" and reply.status_code == 40202:
-            limiter.slow_down()
         # id_list is a free read: asking again can never cost anything.
         log.info("id_list failed (%s), attempt %d", reason, attempt)
-        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1))
+        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
     raise ServiceError(f"id_list kept failing ({reason}); nothing was changed, try again later")

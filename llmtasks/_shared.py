@@ -196,6 +196,10 @@ redis.call('PEXPIRE', state, ARGV[8])
 return 1
 """
 
+#: The published limits, each its own budget (user_data's per-function minute limits; id_list
+#: has its documented 10 per minute).
+FUNCTIONS: Final = ("task_post", "task_get", "tasks_ready", "id_list", "models")
+
 _OUTAGE_REPLIES: Final = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING")
 
 
@@ -246,6 +250,7 @@ class RedisThrottle:
         poll_s: float = POLL_S,
         cap_recovery_s: float = CAP_RECOVERY_S,
         name: str = "redis",
+        function: str = "task_post",
     ) -> None:
         try:
             # The same checks as the in-process bucket: one meaning for --rate/--period/--margin.
@@ -263,6 +268,8 @@ class RedisThrottle:
             raise ConfigError("lease_ttl_s, poll_s and cap_recovery_s must be positive")
         if not account_key or any(c in account_key for c in "{}: "):
             raise ConfigError("account_key must be a non-empty word (see account_key())")
+        if function not in FUNCTIONS:
+            raise ConfigError(f"function must be one of {', '.join(FUNCTIONS)}, not {function!r}")
         self.rate = rate
         self.period_s = checked.period_s
         self.margin_s = checked.margin_s
@@ -270,9 +277,12 @@ class RedisThrottle:
         self.max_in_flight = max_in_flight
         self.lease_ttl_s = lease_ttl_s
         self.name = name
-        # One hash tag: every key of an account lands on one node of a Redis Cluster.
+        self.function = function
+        # One hash tag: every key of an account lands on one node of a Redis Cluster. The
+        # leases (simultaneous calls) are the account's, whatever the function; the log and
+        # the schedule are the function's own budget (each published limit is its own).
         prefix = f"llmtasks:{{{account_key}}}:"
-        self.keys = (prefix + "leases", prefix + "log", prefix + "state")
+        self.keys = (prefix + "leases", f"{prefix}{function}:log", f"{prefix}{function}:state")
         self._client = client
         self._admit_script = client.register_script(_ADMIT_LUA)
         self._renew_script = client.register_script(_RENEW_LUA)
@@ -512,6 +522,7 @@ def make_throttle(
     lease_ttl_s: float = LEASE_TTL_S,
     poll_s: float = POLL_S,
     cap_recovery_s: float = CAP_RECOVERY_S,
+    function: str = "task_post",
 ) -> RedisThrottle:
     """A ``RedisThrottle`` on ``url`` (``redis://HOST:PORT/DB``, ``rediss://`` for TLS,
     ``unix:///path``). Connects lazily: ``await start()`` (or ``async with``) to check it."""
@@ -540,6 +551,7 @@ def make_throttle(
         poll_s=poll_s,
         cap_recovery_s=cap_recovery_s,
         name=redacted(url),
+        function=function,
     )
 
 
@@ -552,9 +564,11 @@ async def shared_throttle(
     period_s: float,
     margin_s: float | None,
     max_in_flight: int | None,
+    function: str = "task_post",
 ) -> AsyncIterator[RedisThrottle | None]:
     """``None`` without a URL (the in-process throttle stays); else a started RedisThrottle for
-    the account of ``login``, closed on exit."""
+    the budget of ``function`` on the account of ``login``, closed on exit. Every process that
+    calls ``function`` must pass that function's limit as ``rate`` per ``period_s``."""
     if not url:
         yield None
         return
@@ -565,6 +579,7 @@ async def shared_throttle(
         margin_s=margin_s,
         max_in_flight=max_in_flight or default_concurrency(rate, period_s),
         account_key=account_key(login),
+        function=function,
     )
     try:
         await throttle.start()
@@ -574,6 +589,7 @@ async def shared_throttle(
 
 
 __all__ = [
+    "FUNCTIONS",
     "LIMITER_ENV",
     "Admission",
     "RedisThrottle",

@@ -14,6 +14,9 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+# Defined with the other errors; importable from here as before.
+from llmtasks._errors import TaskRuleError as TaskRuleError
+
 MAX_TASKS_PER_POST: Final = 100
 PROMPT_MAX_CHARS: Final = 500
 TAG_MAX_CHARS: Final = 255
@@ -33,15 +36,6 @@ class ChainMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 Chain = Annotated[list[ChainMessage], msgspec.Meta(max_length=CHAIN_MAX_ITEMS)]
-
-
-class TaskRuleError(ValueError):
-    """A rule between fields was broken; ``field`` names the field to blame."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 class Task(msgspec.Struct, frozen=True, omit_defaults=True):

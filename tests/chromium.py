@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -55,7 +57,9 @@ class PageRun:
 def open_page(path: Path, expression: str, *, timeout_s: float = 60.0) -> PageRun:
     exe = find_chromium()
     assert exe is not None, "no chromium"
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes can still write to the profile for a moment after the
+    # browser exits: the whole session is stopped, then the directory removed with retries.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         log_path = Path(profile) / "stderr.txt"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -70,6 +74,7 @@ def open_page(path: Path, expression: str, *, timeout_s: float = 60.0) -> PageRu
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                start_new_session=True,
             )
         try:
             browser_ws = _devtools_url(log_path, proc)
@@ -77,12 +82,29 @@ def open_page(path: Path, expression: str, *, timeout_s: float = 60.0) -> PageRu
             url = path.resolve().as_uri()
             return asyncio.run(asyncio.wait_for(_visit(port, url, expression), timeout_s))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_session(proc)
+            _remove(Path(profile) / "data")
+
+
+def _stop_session(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    # The helpers (zygote, renderer, crash handler) share the session; none may outlive it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _remove(path: Path) -> None:
+    for _ in range(50):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
 
 
 def _devtools_url(log_path: Path, proc: subprocess.Popen[bytes]) -> str:

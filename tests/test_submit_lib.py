@@ -103,6 +103,19 @@ def test_a_task_struct_is_checked_by_its_engines_rules() -> None:
         TaskRules("chat_gpt").check(Task(user_prompt="a", model_name="gpt-4o", max_output_tokens=8))
 
 
+def test_a_rule_error_is_an_llmtasks_error_and_still_a_value_error() -> None:
+    """Every error users can see is an LlmtasksError; code that caught ValueError still does."""
+    from llmtasks import LlmtasksError, TaskRuleError
+    from llmtasks._rules import TaskRules
+
+    bad = Task(user_prompt="a", model_name="gpt-4o", max_output_tokens=8)
+    for kind in (LlmtasksError, ValueError, TaskRuleError):
+        with pytest.raises(kind) as caught:
+            TaskRules("chat_gpt").check(bad)
+    assert caught.value.field == "max_output_tokens"
+    assert caught.value.exit_code == 2
+
+
 def test_bad_configuration_is_refused_up_front() -> None:
     from llmtasks import ConfigError
 
