@@ -77,6 +77,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_list(text: str) -> tuple[str, ...]:
+    engines = tuple(e.strip() for e in text.split(","))
+    for e in engines:
+        if e not in ("chat_gpt", "claude", "gemini"):
+            raise argparse.ArgumentTypeError(
+                f"unknown engine {e!r}: choose from chat_gpt, claude, gemini (comma-separated)"
+            )
+    if len(set(engines)) != len(engines):
+        raise argparse.ArgumentTypeError(f"an engine is named twice in {text!r}")
+    return engines
+
+
+def engine_models(engines: Sequence[str], given: Sequence[str] | None) -> dict[str, str | None]:
+    """Each engine's default model from the ``--model`` options: ``NAME`` (one engine) or
+    ``ENGINE=NAME``."""
+    out: dict[str, str | None] = dict.fromkeys(engines)
+    plain: str | None = None
+    for item in given or ():
+        engine, sep, name = item.partition("=")
+        if not sep:
+            if plain is not None:
+                raise ConfigError(f"--model given twice ({plain!r}, {item!r})")
+            plain = item
+            continue
+        if engine not in engines:
+            raise ConfigError(
+                f"--model {item}: {engine!r} is not an engine of this run "
+                f"({', '.join(engines)}); add it to --engine"
+            )
+        if not name:
+            raise ConfigError(f"--model {item}: no model name after '='")
+        if out[engine] is not None:
+            raise ConfigError(f"--model given twice for {engine}")
+        out[engine] = name
+    if plain is not None:
+        if len(engines) > 1:
+            raise ConfigError(
+                f"--model {plain}: with several engines, say whose: --model ENGINE=NAME"
+            )
+        if out[engines[0]] is None:
+            out[engines[0]] = plain
+    return out
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -159,8 +203,23 @@ def _add_submit(sub: Any) -> None:
     p.add_argument(
         "--format", choices=("jsonl", "csv", "text"), help="default: from the suffix; stdin: jsonl"
     )
-    p.add_argument("--engine", choices=("chat_gpt", "claude", "gemini"), default="chat_gpt")
-    p.add_argument("--model", help="model_name for tasks that do not name one")
+    p.add_argument(
+        "--engine",
+        dest="engines",
+        type=_engine_list,
+        default=("chat_gpt",),
+        metavar="ENGINE[,ENGINE...]",
+        help="chat_gpt, claude or gemini (default chat_gpt); several, comma-separated, send "
+        "every line to each (a fan-out: one outcome per line and engine, one ledger)",
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="[ENGINE=]NAME",
+        help="model_name for tasks that do not name one; ENGINE=NAME for one engine of a "
+        "fan-out (repeat it for each)",
+    )
     _add_service(p)
     add_limits(
         p, calls="calls", retried="a call that certainly created nothing", function="task_post"
@@ -287,7 +346,20 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     ledger = Ledger.open_existing(args.ledger)
     try:
-        return asyncio.run(_reconcile(args, ledger, login, password))
+        if len(ledger.engines) == 1:
+            return asyncio.run(_reconcile(args, ledger, login, password))
+        # A fan-out ledger: each engine's unknown lines (id_list is shared: matched by the
+        # path in each item's url and by tag; tasks_ready is each engine's own).
+        worst = EXIT_OK
+        for engine in ledger.engines:
+            view = ledger if engine == ledger.engine else ledger.for_engine(engine)
+            try:
+                print(f"llmtasks: reconcile: {engine}", file=sys.stderr)
+                worst = max(worst, asyncio.run(_reconcile(args, view, login, password)))
+            finally:
+                if view is not ledger:
+                    view.close()
+        return worst
     finally:
         ledger.close()
 
@@ -552,6 +624,10 @@ def _check_input(source: str) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    # The first engine stands for the run where one is enough (a single-engine run: the one).
+    args.engine = args.engines[0]
+    args.model_by_engine = engine_models(args.engines, args.models)
+    args.model = args.model_by_engine[args.engine]
     if args.batch_size > 100:
         raise ConfigError(
             "--batch-size must be 1..100 (the service refuses more than 100 per call)"
@@ -567,33 +643,57 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from llmtasks._input import detect_format, read_lines
+    from llmtasks._input import BLANK, detect_format, read_lines
     from llmtasks._rules import TaskRules
 
     fmt = detect_format(args.input, args.format)
-    counts = {"valid": 0, "rejected": 0, "skipped": 0}
-    shown = 0
-    # A dry run sends nothing, not even the models call: the built-in table stands in.
-    rules = TaskRules(args.engine)
-    for il in read_lines(args.input, fmt=fmt, default_model=args.model, rules=rules):
-        if il.skipped:
-            counts["skipped"] += 1
-        elif il.task is None:
-            counts["rejected"] += 1
-            if shown < 20:
-                where = f" field {il.field}:" if il.field else ""
-                print(f"{args.input}:{il.line}:{where} {il.reason}", file=sys.stderr)
-                shown += 1
-        else:
-            counts["valid"] += 1
-    calls = -(-counts["valid"] // args.batch_size)
-    print(dry_run_summary(args, counts, calls), file=sys.stderr)
+    total = {"valid": 0, "rejected": 0, "skipped": 0, "routed": 0}
+    all_calls = 0
+    for engine in args.engines:
+        counts = {"valid": 0, "rejected": 0, "skipped": 0}
+        shown = 0
+        # A dry run sends nothing, not even the models call: the built-in table stands in.
+        rules = TaskRules(engine)
+        model = args.model_by_engine[engine]
+        lines = read_lines(
+            args.input, fmt=fmt, default_model=model, rules=rules, engines=args.engines
+        )
+        for il in lines:
+            if il.skipped and il.reason != BLANK:
+                counts["routed"] = counts.get("routed", 0) + 1
+            elif il.skipped:
+                counts["skipped"] += 1
+            elif il.task is None:
+                counts["rejected"] += 1
+                if shown < 20:
+                    where = f" field {il.field}:" if il.field else ""
+                    who = f" {engine}:" if len(args.engines) > 1 else ""
+                    print(f"{args.input}:{il.line}:{who}{where} {il.reason}", file=sys.stderr)
+                    shown += 1
+            else:
+                counts["valid"] += 1
+        calls = -(-counts["valid"] // args.batch_size)
+        all_calls += calls
+        for k, n in counts.items():
+            total[k] = total.get(k, 0) + n
+        summary = dry_run_summary(args, counts, calls)
+        if len(args.engines) > 1:
+            summary = summary.replace("dry run of", f"dry run ({engine}) of", 1)
+        print(summary, file=sys.stderr)
+    if len(args.engines) > 1:
+        worst = total["valid"] * args.max_task_cost_usd
+        print(
+            f"llmtasks: dry run, all {len(args.engines)} engines: {total['valid']:,} tasks "
+            f"valid, {total['rejected']:,} rejected; {count(all_calls, 'call')} under the one "
+            f"account limit; worst-case cost ${worst:.4f}; nothing sent",
+            file=sys.stderr,
+        )
     print(
-        f"llmtasks: models checked against the built-in {args.engine} table (offline: a dry "
-        "run makes no call)",
+        f"llmtasks: models checked against the built-in {', '.join(args.engines)} "
+        f"table{'s' if len(args.engines) > 1 else ''} (offline: a dry run makes no call)",
         file=sys.stderr,
     )
-    return EXIT_OK if counts["rejected"] == 0 else EXIT_INCOMPLETE
+    return EXIT_OK if total["rejected"] == 0 else EXIT_INCOMPLETE
 
 
 def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int) -> str:
@@ -604,7 +704,9 @@ def dry_run_summary(args: argparse.Namespace, counts: dict[str, int], calls: int
     minutes = calls / rate * args.period / 60
     return (
         f"llmtasks: dry run of {args.input}: {count(lines, 'line')}, {counts['valid']:,} valid, "
-        f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank; "
+        f"{counts['rejected']:,} rejected, {counts['skipped']:,} blank"
+        + (f", {counts['routed']:,} for other engines" if counts.get("routed") else "")
+        + "; "
         f"{count(calls, 'call')} (at least {minutes:.1f} min at {rate:,} per "
         f"{args.period:g} s{whose}); worst-case cost ${worst:.4f} at ${args.max_task_cost_usd} "
         "per task; nothing sent"
@@ -690,6 +792,10 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
 
     fmt = detect_format(args.input, args.format)
     async with _service(args, credentials) as (base_url, login, password):
+        if len(args.engines) > 1:
+            from llmtasks._fanout import submit_fanout
+
+            return await submit_fanout(args, base_url, login, password, fmt)
         return await _submit_to(args, base_url, login, password, fmt)
 
 

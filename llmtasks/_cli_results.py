@@ -229,6 +229,29 @@ def _results_where(out: str) -> str:
 
 
 async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
+    from llmtasks._ledger import Ledger
+
+    ledger = Ledger.open_existing(args.ledger)
+    engines = ledger.engines
+    ledger.close()
+    if args.engine is not None or len(engines) == 1:
+        return await _collect_engine(args, login, password, args.engine)
+    # A fan-out ledger: each engine's tasks from its own path, one engine after the other
+    # (one at a time stays under the account's task_get limit).
+    worst = EXIT_OK
+    for engine in engines:
+        if not args.quiet:
+            print(f"llmtasks: collect: {engine}", file=sys.stderr)
+        code = await _collect_engine(args, login, password, engine)
+        if code == EXIT_INTERRUPTED:
+            return code
+        worst = max(worst, code)
+    return worst
+
+
+async def _collect_engine(
+    args: argparse.Namespace, login: str, password: str, engine: str | None
+) -> int:
     from llmtasks._collect import Collector
 
     out = args.out or _default_out(args.ledger)
@@ -237,7 +260,7 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
         password=password,
         ledger=args.ledger,
         base_url=args.base_url,
-        engine=args.engine,
+        engine=engine,
         out=out,
         tasks_ready_rate=args.tasks_ready_rate,
         poll_interval_s=args.poll_interval,

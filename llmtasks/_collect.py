@@ -241,9 +241,10 @@ class ResultWriter:
 
 
 def _line_bytes(row: tuple[Any, ...]) -> bytes:
-    _seq, line, tag, task_id, code, message, result = row
+    _seq, line, tag, task_id, code, message, result, *engine = row
     doc = {
         "line": line,
+        **({"engine": engine[0]} if engine else {}),
         "tag": tag,
         "task_id": task_id,
         "status_code": code,
@@ -325,6 +326,7 @@ class Collector:
         self.stats = CollectStats()
         self._ledger_arg = ledger
         self._engine_arg = engine
+        self._own_view = False
         self._out_path = out
         self.ledger: Ledger | None = None
         self.writer: ResultWriter | None = None
@@ -370,6 +372,14 @@ class Collector:
             self.ledger = self._ledger_arg
         else:
             self.ledger = Ledger.open_existing(self._ledger_arg)
+        wanted = self._engine_arg
+        if wanted is not None and wanted != self.ledger.engine and wanted in self.ledger.engines:
+            # A fan-out ledger: this engine's tasks, through a view of their own.
+            whole, self.ledger = self.ledger, self.ledger.for_engine(wanted)
+            if not isinstance(self._ledger_arg, Ledger):
+                whole.close()
+            elif whole.path != ":memory:":
+                self._own_view = True
         if self._engine_arg is not None and self._engine_arg != self.ledger.engine:
             raise ConfigError(
                 f"ledger {self.ledger.path} holds {self.ledger.engine} tasks, not "
@@ -386,7 +396,7 @@ class Collector:
     async def __aexit__(self, *exc: object) -> None:
         self.flush()
         await self.transport.__aexit__()
-        if self.ledger is not None and not isinstance(self._ledger_arg, Ledger):
+        if self.ledger is not None and (not isinstance(self._ledger_arg, Ledger) or self._own_view):
             self.ledger.close()
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ import csv
 import importlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal, NamedTuple
 
@@ -133,24 +133,45 @@ class InputColumns:
     """
 
     def __init__(
-        self, path: str, *, fmt: str | None, default_model: str | None, engine: str
+        self,
+        path: str,
+        *,
+        fmt: str | None,
+        default_model: str | Mapping[str, str | None] | None,
+        engine: str | Sequence[str],
     ) -> None:
         self.path = path
-        # The engine the run sent to, so its rules judge the line as they did then; their
-        # warnings were the run's to give, not the export's.
-        rules = TaskRules(engine, warn=lambda _message: None)
-        self._lines = read_lines(
-            path, fmt=detect_format(path, fmt), default_model=default_model, rules=rules
+        engines = (engine,) if isinstance(engine, str) else tuple(engine)
+        models = (
+            default_model
+            if isinstance(default_model, Mapping)
+            else dict.fromkeys(engines, default_model)
         )
-        self._current: InputLine | None = None
-        self._done = False
+        self._first = engines[0]
+        # The engine the run sent to, so its rules judge the line as they did then; their
+        # warnings were the run's to give, not the export's. A fan-out: each engine's rules
+        # on a reading of its own.
+        kind = detect_format(path, fmt)
+        self._lines = {
+            e: read_lines(
+                path,
+                fmt=kind,
+                default_model=models.get(e),
+                rules=TaskRules(e, warn=lambda _message: None),
+            )
+            for e in engines
+        }
+        self._current: dict[str, InputLine | None] = dict.fromkeys(engines)
+        self._done = dict.fromkeys(engines, False)
         self.unreadable = 0
 
-    def get(self, line: int, digest: bytes) -> InputLine:
-        cur = self._current
-        while not self._done and (cur is None or cur.line < line):
-            cur = self._current = next(self._lines, None)
-            self._done = cur is None
+    def get(self, line: int, digest: bytes, engine: str | None = None) -> InputLine:
+        e = engine if engine in self._lines else self._first
+        cur = self._current[e]
+        lines = self._lines[e]
+        while not self._done[e] and (cur is None or cur.line < line):
+            cur = self._current[e] = next(lines, None)
+            self._done[e] = cur is None
         if cur is None or cur.line != line:
             raise InputError(
                 f"{self.path}: has no line {line} as recorded in the ledger: give the input "
@@ -166,9 +187,10 @@ class InputColumns:
         return cur
 
     def close(self) -> None:
-        close = getattr(self._lines, "close", None)
-        if close is not None:
-            close()
+        for lines in self._lines.values():
+            close = getattr(lines, "close", None)
+            if close is not None:
+                close()
 
 
 def open_input(
@@ -203,16 +225,19 @@ def open_input(
     return InputColumns(
         input_path,
         fmt=input_format,
-        default_model=_stand_in_model(ledger),
-        engine=ledger.engine,
+        default_model={e: _stand_in_model(ledger, e) for e in ledger.engines},
+        engine=ledger.engines,
     )
 
 
-def _stand_in_model(ledger: Ledger) -> str:
+def _stand_in_model(ledger: Ledger, engine: str) -> str:
     """A model for lines that took theirs from ``--model`` (the ledger does not keep it): the
-    dated model of the first result, so the same model rules apply as when they were sent."""
+    dated model of the engine's first result, so the same model rules apply as when they
+    were sent."""
     for row in ledger.query(
-        "SELECT result FROM results WHERE result IS NOT NULL ORDER BY seq LIMIT 1"
+        "SELECT r.result FROM results r JOIN lines l ON l.task_id = r.task_id "
+        "WHERE r.result IS NOT NULL AND l.engine = ? ORDER BY r.seq LIMIT 1",
+        (engine,),
     ):
         try:
             first = decode_result(row[0])
@@ -230,7 +255,7 @@ def result_rows(
     for row, f in flattened(ledger, warn):
         prompt = system = requested = None
         if inputs is not None:
-            task = inputs.get(row.line, row.digest).task
+            task = inputs.get(row.line, row.digest, row.engine).task
             if task is not None:
                 prompt, system, requested = task.user_prompt, task.system_message, task.web_search
         yield (

@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, BinaryIO, Final, Literal
 
 import msgspec
@@ -43,6 +43,8 @@ SUFFIXES: Final[dict[str, Format]] = {
 STDIN: Final = "-"
 DIGEST_BYTES: Final = 8
 BLANK: Final = "blank line"
+#: The reason of a record skipped for an engine because its ``engine`` field names another.
+ROUTED: Final = "sent to"
 
 _BOM: Final = b"\xef\xbb\xbf"
 _UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
@@ -99,11 +101,16 @@ def read_lines(
     max_line_bytes: int = 1_000_000,
     engine: str | None = None,
     rules: TaskRules | None = None,
+    engines: Sequence[str] | None = None,
 ) -> Iterator[InputLine]:
     """Stream ``source`` (a path, or "-" for stdin) as one ``InputLine`` per record.
 
     Each task is checked against its engine's rules: ``rules`` (with the run's models list),
     or else ``engine``'s (default chat_gpt) with the built-in models table (see ``_rules``).
+
+    A record may carry an ``engine`` field (a JSONL key, a CSV column): routing, never
+    sent. ``engines`` are the run's (default: the rules' one): a record naming another of
+    them is skipped for this engine, one naming none of them is rejected.
 
     The file is opened, and a CSV header read, before this returns, so an unreadable input
     raises ``InputError`` here and not halfway through a run. The file is closed when the
@@ -116,7 +123,8 @@ def read_lines(
         rules = TaskRules(engine or "chat_gpt")
     elif engine is not None and rules.engine != engine:
         raise ConfigError(f"the rules given are {rules.engine}'s, not {engine}'s")
-    gen = _generate(source, kind, _Completer(default_model, rules), max_line_bytes)
+    complete = _Completer(default_model, rules, tuple(engines or (rules.engine,)))
+    gen = _generate(source, kind, complete, max_line_bytes)
     # Run the generator up to its first yield: opening the file and reading a CSV header
     # happen now, and from here on closing the generator closes the file.
     primed = next(gen)
@@ -287,9 +295,34 @@ def decode_user_task(raw: bytes) -> Task:
 class _Completer:
     """Applies the default model, then the engine's rules (``TaskRules``)."""
 
-    def __init__(self, default_model: str | None, rules: TaskRules) -> None:
+    def __init__(
+        self, default_model: str | None, rules: TaskRules, engines: tuple[str, ...] = ()
+    ) -> None:
         self.default_model = default_model
         self.rules = rules
+        self.engines = engines or (rules.engine,)
+
+    def route(self, value: object, line: int, digest: bytes) -> InputLine | None:
+        """A record's ``engine`` field: None when the record is this engine's, else its
+        outcome for this engine (skipped: another engine's; rejected: no engine of the run)."""
+        if not isinstance(value, str) or value not in self.engines:
+            return InputLine(
+                line=line,
+                digest=digest,
+                task=None,
+                field="engine",
+                reason=f"must be an engine of this run ({', '.join(self.engines)}), "
+                f"got {msgspec.json.encode(value).decode()}",
+            )
+        if value != self.rules.engine:
+            return InputLine(
+                line=line,
+                digest=digest,
+                task=None,
+                reason=f"{ROUTED} {value} by its engine field",
+                skipped=True,
+            )
+        return None
 
     def __call__(self, task: Task, line: int) -> Task:
         """Raises TaskRuleError."""
@@ -523,8 +556,16 @@ def _jsonl(
         if len(raw) > max_line_bytes:
             yield _too_long(n, digest, len(raw), max_line_bytes)
             continue
+        body = raw
+        if b'"engine"' in raw:
+            # Routing, never sent: taken out before the task is decoded (the slow path only
+            # for records that may have it).
+            routed, body = _take_engine(raw, n, digest, complete)
+            if routed is not None:
+                yield routed
+                continue
         try:
-            task = complete(decode_user_task(raw), n)
+            task = complete(decode_user_task(body), n)
         except msgspec.DecodeError as err:
             if not raw.strip():
                 yield InputLine(line=n, digest=digest, task=None, reason=BLANK, skipped=True)
@@ -554,6 +595,20 @@ def _jsonl(
             yield InputLine(line=n, digest=digest, task=None, field=twice, reason=reason)
             continue
         yield InputLine(line=n, digest=digest, task=task)
+
+
+def _take_engine(
+    raw: bytes, line: int, digest: bytes, complete: _Completer
+) -> tuple[InputLine | None, bytes]:
+    """(the record's outcome if it is not this engine's, the record without ``engine``)."""
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None, raw  # the decoder says what is wrong with it
+    if not isinstance(doc, dict) or "engine" not in doc:
+        return None, raw
+    routed = complete.route(doc.pop("engine"), line, digest)
+    return routed, msgspec.json.encode(doc)
 
 
 # A quote that ends a JSON string cannot stand inside one, so a quoted name followed by a
@@ -771,7 +826,7 @@ def _read_header(reader: Iterator[list[str]], src: _CsvSource, name: str) -> tup
     for i, col in enumerate(names, 1):
         if not col:
             raise InputError(f"{name}: column {i} of the header has no name")
-        if col not in FIELDS:
+        if col not in FIELDS and col != "engine":
             hint = " (is the file comma-separated?)" if any(c in col for c in ";\t|") else ""
             raise InputError(
                 f"{name}: unknown column {col!r} in the header{hint}; known fields: "
@@ -792,9 +847,15 @@ def _csv_row(
     row: list[str],
     complete: _Completer,
 ) -> InputLine:
+    if "engine" in header:
+        # Routing, never sent: a record for another engine is not judged by this one.
+        where = row[header.index("engine")].strip()
+        routed = complete.route(where, line, digest) if where else None
+        if routed is not None:
+            return routed
     values: dict[str, Any] = {}
     for col, cell in zip(header, row, strict=True):
-        if cell == "":
+        if cell == "" or col == "engine":
             continue  # an empty cell leaves the field unset
         try:
             values[col] = _cell_value(col, cell)

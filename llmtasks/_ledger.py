@@ -24,8 +24,11 @@ from typing import Any, Final, NamedTuple, TextIO
 from llmtasks._errors import ConfigError, InputError
 from llmtasks._ledger_writer import LedgerWriter
 from llmtasks._receipt import Receipt, State
+from llmtasks._task import ENGINES
 
-SCHEMA_VERSION: Final = 1
+#: 2: ``engine`` columns, one row per (line, engine) (1: one engine per ledger, migrated
+#: when opened).
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,10 +51,12 @@ CREATE TABLE IF NOT EXISTS batches (
     status_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     note TEXT,
-    lines BLOB
+    lines BLOB,
+    engine TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lines (
-    line INTEGER PRIMARY KEY,
+    line INTEGER NOT NULL,
+    engine TEXT NOT NULL,
     digest BLOB NOT NULL,
     state TEXT NOT NULL,
     tag TEXT,
@@ -63,8 +68,9 @@ CREATE TABLE IF NOT EXISTS lines (
     field TEXT,
     reason TEXT,
     batch_id INTEGER,
-    collected INTEGER NOT NULL DEFAULT 0
-);
+    collected INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (line, engine)
+) WITHOUT ROWID;
 """
 # No index on ``lines`` while submitting: task ids are random, so an index on them costs more
 # than everything else a line needs. Only the commands that look tasks up by id create it.
@@ -84,17 +90,35 @@ class NewLine(NamedTuple):
 
 
 class Ledger:
-    """One ledger belongs to one input and one engine; reopening it resumes that job."""
+    """One ledger belongs to one input and one set of engines (one outcome per line and
+    engine); reopening it resumes that job. An object is a view of one ``engine``: what it
+    reads and writes about lines is that engine's (``for_engine`` gives the others)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, engine: str | None = None) -> None:
         self._db = conn
         self.path = path
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.run_id: str = meta["run_id"]
-        self.engine: str = meta["engine"]
+        #: The run's engines, in the order given (a ledger older than fan-out: its one engine).
+        self.engines: tuple[str, ...] = tuple((meta.get("engines") or meta["engine"]).split(","))
+        self.engine: str = engine or self.engines[0]
+        if not set(self.engines) <= set(ENGINES):
+            raise InputError(f"{path}: not a usable llmtasks ledger (engines {self.engines})")
+        if self.engine not in self.engines:
+            raise ConfigError(
+                f"ledger {path} holds {', '.join(self.engines)} tasks, not {self.engine}"
+            )
+        self.fanout = len(self.engines) > 1
+        # Generated tags stay unique per (line, engine): a fan-out run names the engine.
+        self.tag_prefix = (
+            f"llmtasks:{self.run_id}:{self.engine}:" if self.fanout else f"llmtasks:{self.run_id}:"
+        )
+        self._migrate()
         self.input_name: str = meta["input"]
         self.session_id: int | None = None
         self._lock: TextIO | None = None
+        #: A view made by ``for_engine``: the ledger's lock is its first object's.
+        self._view = False
         # Held by a LedgerWriter sharing this connection (``:memory:``) and by the reads
         # made while it runs.
         self._db_lock = threading.Lock()
@@ -106,9 +130,12 @@ class Ledger:
         *,
         input_name: str = "",
         engine: str = "chat_gpt",
+        engines: Sequence[str] | None = None,
         shard: str = "",
     ) -> Ledger:
-        """Open or create. ``:memory:`` gives a ledger that lives as long as the object."""
+        """Open or create. ``:memory:`` gives a ledger that lives as long as the object.
+        ``engines``: every engine of the run (a fan-out), ``engine`` the one this view is of."""
+        run_engines = ",".join(engines or (engine,))
         spath = os.fspath(path)
         if spath != ":memory:":
             parent = Path(spath).parent
@@ -129,7 +156,8 @@ class Ledger:
                     [
                         ("schema", str(SCHEMA_VERSION)),
                         ("run_id", secrets.token_hex(4)),
-                        ("engine", engine),
+                        ("engine", run_engines.split(",")[0]),
+                        ("engines", run_engines),
                         ("input", input_name),
                         ("created_at", repr(time.time())),
                         ("shard", shard),
@@ -141,13 +169,54 @@ class Ledger:
                 f"ledger {spath} belongs to shard {meta.get('shard') or 'none'!r}, not "
                 f"{shard or 'none'!r}; use another --ledger"
             )
-        elif meta.get("engine") != engine:
+        elif (meta.get("engines") or meta.get("engine")) != run_engines:
             conn.close()
+            have = meta.get("engines") or meta.get("engine")
             raise ConfigError(
-                f"ledger {spath} belongs to engine {meta.get('engine')!r}, not {engine!r}; "
+                f"ledger {spath} belongs to engine {have!r}, not {run_engines!r}; "
                 "use another --ledger"
             )
-        return cls(conn, spath)
+        return cls(conn, spath, engine)
+
+    def for_engine(self, engine: str) -> Ledger:
+        """Another view of the same ledger: ``engine``'s lines (a connection of its own)."""
+        if self.path == ":memory:":
+            view = Ledger.__new__(Ledger)
+            view.__dict__.update(self.__dict__)
+            view.engine = engine
+            view.tag_prefix = self.tag_prefix.rsplit(":", 2)[0] + f":{engine}:"
+            view._lock = None
+            view._view = True
+            return view
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        view = Ledger(conn, self.path, engine)
+        view._view = True
+        return view
+
+    def _migrate(self) -> None:
+        """A ledger written before fan-out has no ``engine`` columns: every row is the
+        ledger's one engine's (adding a column with a default rewrites nothing)."""
+        for table in ("lines", "batches"):
+            cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if "engine" in cols:
+                continue
+            try:
+                with _tx(self._db):
+                    # The engine is one of ENGINES (checked above): safe in the statement.
+                    self._db.execute(
+                        f"ALTER TABLE {table} ADD COLUMN engine TEXT NOT NULL "
+                        f"DEFAULT '{self.engines[0]}'"
+                    )
+                    self._db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                    )
+            except sqlite3.OperationalError:
+                # Another process opening the same old ledger added it first.
+                cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if "engine" not in cols:
+                    raise
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> Ledger:
@@ -170,7 +239,7 @@ class Ledger:
         flight for those of a dead run. Held until ``close()``, which removes the lock file;
         the OS drops the lock if the process dies, so a killed run never leaves a stale lock
         (only a file that the next run takes over)."""
-        if self.path == ":memory:" or self._lock is not None:
+        if self.path == ":memory:" or self._lock is not None or self._view:
             return
         lock_path = self.path + ".lock"
         while True:
@@ -225,6 +294,13 @@ class Ledger:
         self.session_id = int(cur.lastrowid or 0)
         return self.session_id
 
+    def join_session(self, session_id: int) -> None:
+        """A fan-out's other engines: their calls are the one run's session, not sessions
+        of their own (the counters are shared)."""
+        with _tx(self._db):
+            self._db.execute("DELETE FROM sessions WHERE session_id = ?", (self.session_id,))
+        self.session_id = session_id
+
     def end_session(self, *, calls: int, cost: float) -> None:
         with _tx(self._db):
             self._db.execute(
@@ -237,19 +313,22 @@ class Ledger:
         so their lines become ``unknown`` (never resent without reconcile)."""
         with _tx(self._db):
             batches = self._db.execute(
-                "SELECT batch_id, lines FROM batches WHERE state = 'sending'"
+                "SELECT batch_id, lines FROM batches WHERE state = 'sending' AND engine = ?",
+                (self.engine,),
             ).fetchall()
             n = 0
             for batch_id, packed in batches:
                 cur = self._db.executemany(
                     "UPDATE lines SET state = 'unknown', batch_id = ?, "
-                    "reason = 'interrupted while sending' WHERE line = ? AND state = 'pending'",
-                    [(batch_id, line) for line in _unpack(packed)],
+                    "reason = 'interrupted while sending' WHERE line = ? AND engine = ? "
+                    "AND state = 'pending'",
+                    [(batch_id, line, self.engine) for line in _unpack(packed)],
                 )
                 n += cur.rowcount
             self._db.execute(
                 "UPDATE batches SET state = 'unknown', note = 'interrupted while sending' "
-                "WHERE state = 'sending'"
+                "WHERE state = 'sending' AND engine = ?",
+                (self.engine,),
             )
         return n
 
@@ -259,54 +338,77 @@ class Ledger:
         """Digest and state of the recorded lines in ``first..last``."""
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT line, digest, state FROM lines WHERE line BETWEEN ? AND ?", (first, last)
+                "SELECT line, digest, state FROM lines WHERE line BETWEEN ? AND ? AND engine = ?",
+                (first, last, self.engine),
             ).fetchall()
         return {line: (digest, state) for line, digest, state in rows}
 
     def writer(self) -> LedgerWriter:
         """A writer thread for submit, with its own connection (``:memory:`` shares this one)."""
         if self.path == ":memory:":
-            return LedgerWriter(self._db, lock=self._db_lock)
+            return LedgerWriter(self._db, lock=self._db_lock, engine=self.engine)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous=NORMAL")
-        return LedgerWriter(conn, lock=threading.Lock(), owned=True)
+        return LedgerWriter(conn, lock=threading.Lock(), owned=True, engine=self.engine)
 
     def batches_sending(self) -> int:
         """Calls in flight now, or cut off by a process that died (the next run finds them)."""
-        row = self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'sending'").fetchone()
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM batches WHERE state = 'sending' AND engine = ?", (self.engine,)
+        ).fetchone()
         return int(row[0])
 
     def last_line(self) -> int:
-        row = self._db.execute("SELECT MAX(line) FROM lines").fetchone()
+        row = self._db.execute(
+            "SELECT MAX(line) FROM lines WHERE engine = ?", (self.engine,)
+        ).fetchone()
         return int(row[0] or 0)
 
-    def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state")
+    def counts(self, *, all_engines: bool = False) -> dict[str, int]:
+        """Lines by state: this engine's, or every engine's (a fan-out run's (line, engine)
+        pairs)."""
+        if all_engines:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state")
+        else:
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM lines WHERE engine = ? GROUP BY state",
+                (self.engine,),
+            )
         return {state: n for state, n in rows}
+
+    def counts_by_engine(self) -> dict[str, dict[str, int]]:
+        """Lines by engine, then state."""
+        out: dict[str, dict[str, int]] = {e: {} for e in self.engines}
+        for engine, state, n in self._db.execute(
+            "SELECT engine, state, COUNT(*) FROM lines GROUP BY engine, state"
+        ):
+            out.setdefault(engine, {})[state] = n
+        return out
 
     def receipts(
         self, *, states: Iterable[str] | None = None, first_line: int = 1
     ) -> Iterator[Receipt]:
         """Every recorded line in input order (or only those in ``states``), from
-        ``first_line`` on."""
+        ``first_line`` on; in a fan-out ledger every (line, engine), with its engine."""
         sql = (
-            "SELECT line, state, tag, task_id, status_code, status_message, cost, field, reason "
-            "FROM lines WHERE line >= ?"
+            "SELECT line, state, tag, task_id, status_code, status_message, cost, field, reason, "
+            f"{'engine' if self.fanout else 'NULL'} FROM lines WHERE line >= ?"
         )
         args: list[Any] = [first_line]
         if states is not None:
             wanted = list(states)
             sql += f" AND state IN ({','.join('?' * len(wanted))})"
             args += wanted
-        sql += " ORDER BY line"
+        sql += " ORDER BY line, engine"
         for row in self._db.execute(sql, args):
             yield _receipt(row)
 
     def lines_in_state(self, state: State) -> list[tuple[int, str | None, bytes | None, int]]:
         """(line, tag, prompt_digest, batch_id) of every line in ``state``."""
         rows = self._db.execute(
-            "SELECT line, tag, prompt_digest, batch_id FROM lines WHERE state = ? ORDER BY line",
-            (state,),
+            "SELECT line, tag, prompt_digest, batch_id FROM lines WHERE state = ? AND engine = ? "
+            "ORDER BY line",
+            (state, self.engine),
         )
         return [(a, b, c, int(d or 0)) for a, b, c, d in rows]
 
@@ -334,9 +436,9 @@ class Ledger:
             return
         with _tx(self._db):
             self._db.executemany(
-                "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason, "
+                "engine) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*r, self.engine) for r in rows],
             )
 
     def mark_sending(self, lines: Sequence[int]) -> int:
@@ -346,9 +448,9 @@ class Ledger:
         of every call. The lines themselves change once, when the outcome is recorded."""
         with _tx(self._db):
             cur = self._db.execute(
-                "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines) "
-                "VALUES (?, 'sending', ?, ?, ?)",
-                (self.session_id or 0, len(lines), time.time(), pack_lines(lines)),
+                "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines, engine) "
+                "VALUES (?, 'sending', ?, ?, ?, ?)",
+                (self.session_id or 0, len(lines), time.time(), pack_lines(lines), self.engine),
             )
         return int(cur.lastrowid or 0)
 
@@ -372,7 +474,7 @@ class Ledger:
             )
             self._db.executemany(
                 "UPDATE lines SET state = ?, task_id = ?, status_code = ?, status_message = ?, "
-                "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ?",
+                "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ? AND engine = ?",
                 [
                     (
                         o.state,
@@ -384,6 +486,7 @@ class Ledger:
                         o.reason,
                         batch_id,
                         o.line,
+                        self.engine,
                     )
                     for o in outcomes
                 ],
@@ -394,9 +497,18 @@ class Ledger:
         with _tx(self._db):
             self._db.executemany(
                 "UPDATE lines SET state = ?, task_id = ?, status_code = ?, status_message = ?, "
-                "cost = ?, reason = ? WHERE line = ? AND state = 'unknown'",
+                "cost = ?, reason = ? WHERE line = ? AND engine = ? AND state = 'unknown'",
                 [
-                    (o.state, o.task_id, o.status_code, o.status_message, o.cost, o.reason, o.line)
+                    (
+                        o.state,
+                        o.task_id,
+                        o.status_code,
+                        o.status_message,
+                        o.cost,
+                        o.reason,
+                        o.line,
+                        self.engine,
+                    )
                     for o in updates
                 ],
             )
@@ -405,7 +517,9 @@ class Ledger:
         """``--resend-unknown``: the user accepts paying twice for what may exist already."""
         with _tx(self._db):
             cur = self._db.execute(
-                "UPDATE lines SET state = 'pending', reason = NULL WHERE state = 'unknown'"
+                "UPDATE lines SET state = 'pending', reason = NULL WHERE state = 'unknown' "
+                "AND engine = ?",
+                (self.engine,),
             )
         return cur.rowcount
 
@@ -421,14 +535,17 @@ class Ledger:
     def uncollected_count(self) -> int:
         """Created tasks whose result is neither collected nor known to have failed."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM lines WHERE state = 'created' AND collected = 0"
+            "SELECT COUNT(*) FROM lines WHERE state = 'created' AND collected = 0 AND engine = ?",
+            (self.engine,),
         ).fetchone()
         return int(row[0])
 
     def result_counts(self) -> dict[str, int]:
         """``created`` tasks, and of them ``collected``, ``failed`` and ``waiting``."""
         rows = self._db.execute(
-            "SELECT collected, COUNT(*) FROM lines WHERE state = 'created' GROUP BY collected"
+            "SELECT collected, COUNT(*) FROM lines WHERE state = 'created' AND engine = ? "
+            "GROUP BY collected",
+            (self.engine,),
         )
         by = {int(c): int(n) for c, n in rows}
         return {
@@ -449,8 +566,8 @@ class Ledger:
             part = ids[i : i + 500]
             rows = self._db.execute(
                 f"SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
-                f"AND task_id IN ({','.join('?' * len(part))}){extra}",
-                part,
+                f"AND engine = ? AND task_id IN ({','.join('?' * len(part))}){extra}",
+                [self.engine, *part],
             )
             for task_id, line, tag, collected in rows:
                 out[task_id] = TaskRef(task_id, line, tag, int(collected))
@@ -461,8 +578,9 @@ class Ledger:
         with this tag: a result may arrive (by postback) before the POST's reply is recorded.
         None when no line or several match."""
         rows = self._db.execute(
-            "SELECT line FROM lines WHERE tag = ? AND state IN ('pending', 'unknown') LIMIT 2",
-            (tag,),
+            "SELECT line FROM lines WHERE tag = ? AND engine = ? "
+            "AND state IN ('pending', 'unknown') LIMIT 2",
+            (tag, self.engine),
         ).fetchall()
         return int(rows[0][0]) if len(rows) == 1 else None
 
@@ -474,15 +592,16 @@ class Ledger:
         if sent_before is None:
             rows = self._db.execute(
                 "SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
-                "AND collected = 0 AND line > ? ORDER BY line LIMIT ?",
-                (after_line, limit),
+                "AND collected = 0 AND engine = ? AND line > ? ORDER BY line LIMIT ?",
+                (self.engine, after_line, limit),
             )
         else:
             rows = self._db.execute(
                 "SELECT l.task_id, l.line, l.tag, l.collected FROM lines l "
                 "JOIN batches b ON b.batch_id = l.batch_id WHERE l.state = 'created' "
-                "AND l.collected = 0 AND l.line > ? AND b.sent_at < ? ORDER BY l.line LIMIT ?",
-                (after_line, sent_before, limit),
+                "AND l.collected = 0 AND l.engine = ? AND l.line > ? AND b.sent_at < ? "
+                "ORDER BY l.line LIMIT ?",
+                (self.engine, after_line, sent_before, limit),
             )
         return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
 
@@ -508,7 +627,8 @@ class Ledger:
         """Tasks marked for fetching and not recorded since (an interrupted run's)."""
         rows = self._db.execute(
             "SELECT f.task_id, f.line, l.tag, l.collected FROM fetching f "
-            "JOIN lines l ON l.line = f.line ORDER BY f.line"
+            "JOIN lines l ON l.task_id = f.task_id WHERE l.engine = ? ORDER BY f.line",
+            (self.engine,),
         )
         return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
 
@@ -540,18 +660,22 @@ class Ledger:
                     new += 1
                     self._db.execute(
                         "UPDATE lines SET collected = ?, reason = COALESCE(?, reason) "
-                        "WHERE line = ?",
-                        (1 if r.ok else 2, r.note, r.line),
+                        "WHERE task_id = ? AND line = ?",
+                        (1 if r.ok else 2, r.note, r.task_id, r.line),
                     )
                 self._db.execute("DELETE FROM fetching WHERE task_id = ?", (r.task_id,))
         return new
 
     def results_after(self, seq: int, *, limit: int = 2000) -> list[tuple[Any, ...]]:
-        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order."""
+        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order,
+        and in a fan-out ledger the task's engine."""
+        engine = (
+            ", (SELECT l.engine FROM lines l WHERE l.task_id = r.task_id)" if self.fanout else ""
+        )
         return list(
             self._db.execute(
-                "SELECT seq, line, tag, task_id, status_code, status_message, result "
-                "FROM results WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, line, tag, task_id, status_code, status_message, result"
+                f"{engine} FROM results r WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
         )
@@ -606,9 +730,10 @@ def _unpack(packed: bytes | None) -> list[int]:
 
 
 def _receipt(row: tuple[Any, ...]) -> Receipt:
-    line, state, tag, task_id, code, message, cost, field, reason = row
+    line, state, tag, task_id, code, message, cost, field, reason, engine = row
     return Receipt(
         line=line,
+        engine=engine,
         state=state,
         tag=tag,
         task_id=task_id,

@@ -26,14 +26,16 @@ from llmtasks._errors import LlmtasksError
 _MAX_OPS_PER_TX: Final = 256
 
 _INSERT_LINES: Final = (
-    "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason, engine) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The two statements of nearly every line, with as few parameters as they need.
-_INSERT_PENDING: Final = "INSERT INTO lines (line, digest, state, tag) VALUES (?, ?, 'pending', ?)"
+_INSERT_PENDING: Final = (
+    "INSERT INTO lines (line, digest, state, tag, engine) VALUES (?, ?, 'pending', ?, ?)"
+)
 _UPDATE_CREATED: Final = (
     "UPDATE lines SET state = 'created', task_id = ?, status_code = 20100, status_message = ?, "
-    "cost = ?, batch_id = ? WHERE line = ?"
+    "cost = ?, batch_id = ? WHERE line = ? AND engine = ?"
 )
 _UPDATE_BATCH: Final = (
     "UPDATE batches SET state = ?, done_at = ?, http_status = ?, status_code = ?, "
@@ -41,7 +43,7 @@ _UPDATE_BATCH: Final = (
 )
 _UPDATE_LINES: Final = (
     "UPDATE lines SET state = ?, task_id = ?, status_code = ?, status_message = ?, "
-    "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ?"
+    "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ? AND engine = ?"
 )
 
 
@@ -54,9 +56,16 @@ class LedgerWriter:
     """Start with ``start()`` (on the event loop), stop with ``await close()``."""
 
     def __init__(
-        self, db: sqlite3.Connection, *, lock: threading.Lock, owned: bool = False
+        self,
+        db: sqlite3.Connection,
+        *,
+        lock: threading.Lock,
+        owned: bool = False,
+        engine: str = "chat_gpt",
     ) -> None:
         self._db = db
+        #: Every line and batch this writer records is this engine's.
+        self._engine = engine
         self._owned = owned
         # Held for each transaction: a ``:memory:`` ledger shares its one connection with
         # the readers on the loop thread.
@@ -150,6 +159,7 @@ class LedgerWriter:
         failure: BaseException | None = self.error
         if failure is None and ops:
             db = self._db
+            eng = self._engine
             try:
                 with self._lock:
                     db.execute("BEGIN IMMEDIATE")
@@ -158,24 +168,24 @@ class LedgerWriter:
                             kind = op[0]
                             if kind == "lines":
                                 if op[1]:
-                                    db.executemany(_INSERT_PENDING, op[1])
+                                    db.executemany(_INSERT_PENDING, [(*r, eng) for r in op[1]])
                                 if op[2]:
-                                    db.executemany(_INSERT_LINES, op[2])
+                                    db.executemany(_INSERT_LINES, [(*r, eng) for r in op[2]])
                             elif kind == "sending":
                                 _, fut, session_id, n, at, packed = op
                                 cur = db.execute(
                                     "INSERT INTO batches (session_id, state, n_tasks, sent_at, "
-                                    "lines) VALUES (?, 'sending', ?, ?, ?)",
-                                    (session_id, n, at, packed),
+                                    "lines, engine) VALUES (?, 'sending', ?, ?, ?, ?)",
+                                    (session_id, n, at, packed, eng),
                                 )
                                 results.append((fut, int(cur.lastrowid or 0)))
                             elif kind == "record":
                                 _, batch_id, at, b, lines, created = op
                                 db.execute(_UPDATE_BATCH, (b[0], at, *b[1:], batch_id))
                                 if created:
-                                    db.executemany(_UPDATE_CREATED, created)
+                                    db.executemany(_UPDATE_CREATED, [(*r, eng) for r in created])
                                 if lines:
-                                    db.executemany(_UPDATE_LINES, lines)
+                                    db.executemany(_UPDATE_LINES, [(*r, eng) for r in lines])
                             else:
                                 results.append((op[1], None))
                         db.execute("COMMIT")

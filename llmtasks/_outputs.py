@@ -71,17 +71,21 @@ def write_csv(
     with _atomic(path) as raw:
         out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(out)
-        writer.writerow(RECEIPT_FIELDS)
+        # A fan-out ledger has one receipt per (line, engine): the engine is the 2nd column.
+        fields: tuple[str, ...] = RECEIPT_FIELDS
+        if ledger.fanout:
+            fields = (*RECEIPT_FIELDS[:1], "engine", *RECEIPT_FIELDS[1:])
+        writer.writerow(fields)
         for r in ledger.receipts(states=states):
-            writer.writerow(["" if v is None else v for v in _row(r)])
+            writer.writerow(["" if v is None else v for v in _row(r, fields)])
             n += 1
         out.flush()
         out.detach()
     return n
 
 
-def _row(r: Receipt) -> tuple[object, ...]:
-    return tuple(getattr(r, name) for name in RECEIPT_FIELDS)
+def _row(r: Receipt, fields: tuple[str, ...] = RECEIPT_FIELDS) -> tuple[object, ...]:
+    return tuple(getattr(r, name) for name in fields)
 
 
 @contextlib.contextmanager

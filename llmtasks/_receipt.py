@@ -36,3 +36,5 @@ class Receipt(msgspec.Struct, frozen=True, omit_defaults=True):
     cost: float | None = None
     field: str | None = None
     reason: str | None = None
+    #: Set in a fan-out run (one outcome per line and engine).
+    engine: str | None = None

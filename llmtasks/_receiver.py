@@ -251,6 +251,15 @@ class Receiver:
                 await collector.__aenter__()
                 self._collector = collector
                 log.info("receiving for ledger %s", self._ledger_path)
+                ledger = collector.ledger
+                if ledger is not None and ledger.fanout:
+                    log.warning(
+                        "ledger %s is a fan-out (%s): receive records the %s deliveries "
+                        "only; 'llmtasks collect' fetches the other engines' results",
+                        self._ledger_path,
+                        ", ".join(ledger.engines),
+                        ledger.engine,
+                    )
         return self._collector
 
     # -- handlers ---------------------------------------------------------------------------

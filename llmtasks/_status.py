@@ -12,7 +12,7 @@ from llmtasks._words import count
 def ledger_status(ledger: Ledger) -> dict[str, Any]:
     """Everything ``llmtasks status`` shows, as plain data (``--json`` prints it as is)."""
     meta = dict(ledger.query("SELECT key, value FROM meta"))
-    states = ledger.counts()
+    states = ledger.counts(all_engines=True)
     codes = {
         str(code): n
         for code, n in ledger.query(
@@ -24,6 +24,7 @@ def ledger_status(ledger: Ledger) -> dict[str, Any]:
         "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(collected), 0) FROM lines "
         "WHERE state = 'created'"
     )
+    ((sending,),) = ledger.query("SELECT COUNT(*) FROM batches WHERE state = 'sending'")
     ((first, last, n_batches),) = ledger.query(
         "SELECT MIN(sent_at), MAX(COALESCE(done_at, sent_at)), COUNT(*) FROM batches"
     )
@@ -43,6 +44,7 @@ def ledger_status(ledger: Ledger) -> dict[str, Any]:
         "ledger": ledger.path,
         "input": meta.get("input", ""),
         "engine": ledger.engine,
+        "engines": {e: dict(sorted(n.items())) for e, n in ledger.counts_by_engine().items()},
         "run_id": ledger.run_id,
         "lines": sum(states.values()),
         "states": states,
@@ -50,11 +52,11 @@ def ledger_status(ledger: Ledger) -> dict[str, Any]:
         "cost_usd": round(float(cost), 6),
         "collected": int(collected),
         "calls": n_batches,
-        "calls_sending": ledger.batches_sending(),
+        "calls_sending": sending,
         "first_call_at": first,
         "last_call_at": last,
         "sessions": sessions,
-        "next": next_steps(ledger, states, meta.get("input", ""), ledger.batches_sending()),
+        "next": next_steps(ledger, states, meta.get("input", ""), sending),
     }
 
 
@@ -66,7 +68,8 @@ def next_steps(
     ``unknown``, and reconcile then looks them up."""
     steps: list[str] = []
     where = f"--ledger {shlex.quote(ledger.path)}"
-    engine = "" if ledger.engine == "chat_gpt" else f" --engine {ledger.engine}"
+    engines = ",".join(ledger.engines)
+    engine = "" if engines == "chat_gpt" else f" --engine {engines}"
     if states.get("unknown"):
         steps.append(f"llmtasks reconcile {where}")
     if states.get("pending") or states.get("unknown") or sending:
@@ -84,10 +87,13 @@ def format_status(status: dict[str, Any]) -> str:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     states = status["states"]
+    # A status from before fan-out has no per-engine counts: its one engine has them all.
+    by_engine: dict[str, dict[str, int]] = status.get("engines") or {status["engine"]: states}
     order = ["created", "rejected", "failed", "skipped", "unknown", "sending", "pending"]
     out = [
         f"ledger   {status['ledger']}",
-        f"input    {status['input'] or '-'}   engine {status['engine']}   run {status['run_id']}",
+        f"input    {status['input'] or '-'}   engine {','.join(by_engine)}   "
+        f"run {status['run_id']}",
         f"lines    {status['lines']:,}: "
         + ", ".join(f"{states[s]:,} {s}" for s in order if states.get(s)),
         "codes    " + (", ".join(f"{c}: {n:,}" for c, n in status["status_codes"].items()) or "-"),
@@ -100,6 +106,14 @@ def format_status(status: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    if len(by_engine) > 1:
+        # A fan-out: one outcome per (line, engine); each engine's share.
+        for engine, by in by_engine.items():
+            out.insert(
+                3 + list(by_engine).index(engine),
+                f"  {engine:<9}{sum(by.values()):,}: "
+                + ", ".join(f"{by[s]:,} {s}" for s in order if by.get(s)),
+            )
     for s in status["sessions"]:
         ended = "still running or killed" if s["ended_at"] is None else when(s["ended_at"])
         out.append(

@@ -92,6 +92,9 @@ class RunStats:
     calls: int = 0
     retries: int = 0
     cost_usd: float = 0.0
+    reserved_usd: float = 0.0
+    """The worst case of the calls in flight (``--max-cost-usd``); shared, with the other
+    counters, by the engines of a fan-out."""
     by_state: dict[str, int] = field(default_factory=dict)
     ended: float | None = None
     window: CallWindow = field(default_factory=lambda: CallWindow(limit=2000, period_s=60.0))
@@ -246,7 +249,6 @@ class Submitter:
         self._error: Exception | None = None
         self._interrupted = False
         self._successes = 0
-        self._reserved_usd = 0.0
         self._out: asyncio.Queue[list[Receipt] | None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.Task[Any]] = set()
@@ -589,6 +591,10 @@ class Submitter:
             for r in receipts:
                 self.stats.count(r.state)
         if self._out is not None and receipts:
+            if self.ledger is not None and self.ledger.fanout:
+                # One outcome per (line, engine): a fan-out run's receipts name the engine.
+                replace, engine = msgspec.structs.replace, self.engine
+                receipts = [replace(r, engine=engine) for r in receipts]
             await self._out.put(receipts)
 
     async def _produce(
@@ -597,7 +603,7 @@ class Submitter:
         ledger, writer = self.ledger, self._writer
         assert ledger is not None and writer is not None
         last_known = ledger.last_line()
-        tag_prefix = f"llmtasks:{ledger.run_id}:"
+        tag_prefix = ledger.tag_prefix
         # The generated tag is ASCII without quotes, so it is spliced in without encoding.
         splice = b',"tag":"' + tag_prefix.encode() + b'%d"}'
         push = [
@@ -686,7 +692,7 @@ class Submitter:
         if self.max_cost_usd is None:
             return True
         worst = n_tasks * self.max_task_cost_usd
-        return self.stats.cost_usd + self._reserved_usd + worst <= self.max_cost_usd + 1e-9
+        return self.stats.cost_usd + self.stats.reserved_usd + worst <= self.max_cost_usd + 1e-9
 
     async def _send(self, batch: _Batch) -> None:
         writer, ledger = self._writer, self.ledger
@@ -718,7 +724,7 @@ class Submitter:
                     )
                     await self._leave_pending(batch, "not sent: --max-cost-usd reached")
                     return
-                self._reserved_usd += worst
+                self.stats.reserved_usd += worst
                 try:
                     # Committed before the POST leaves: see _ledger_writer.
                     batch_id = await writer.mark_sending(
@@ -731,7 +737,7 @@ class Submitter:
                     await self._leave_pending(batch, "not sent: the ledger cannot be written")
                     return
                 finally:
-                    self._reserved_usd -= worst
+                    self.stats.reserved_usd -= worst
             self.throttle.react(reply, admitted_at)
             if reply.kind == "ok":
                 self._successes += 1

@@ -100,7 +100,8 @@ def test_receipts_stream_holds_a_bounded_number_then_takes_the_rest_from_the_led
     ledger = Ledger.open(tmp_path / "l.sqlite")
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         db.executemany(
-            "INSERT INTO lines (line, digest, state, tag) VALUES (?, x'00', 'created', ?)",
+            "INSERT INTO lines (line, digest, state, tag, engine) "
+            "VALUES (?, x'00', 'created', ?, 'chat_gpt')",
             [(i, f"t{i}") for i in range(1, 101)],
         )
     out, rej = tmp_path / "r.jsonl", tmp_path / "x.jsonl"

@@ -414,12 +414,52 @@ def test_the_compare_engines_guide_code_runs_on_the_exports(tmp_path: Path) -> N
     where.mkdir()
     answers = {"chat_gpt": [CHAT_GPT_RESULT], "claude": [NO_SEARCH_RESULT, CHAT_GPT_RESULT],
                "gemini": [GEMINI_RESULT, NO_SEARCH_RESULT]}  # fmt: skip
+    # One fan-out run, as the guide does it: one ledger, an outcome per (line, engine).
+    src = tmp_path / "in.jsonl"
+    raw_lines = [orjson.dumps({"user_prompt": f"question {i}?"}) for i in range(2)]
+    src.write_bytes(b"".join(r + b"\n" for r in raw_lines))
+    path = tmp_path / "compare.sqlite"
+    main = Ledger.open(path, input_name=str(src), engine="chat_gpt", engines=tuple(answers))
     for engine, results in answers.items():
-        run = tmp_path / engine
-        run.mkdir()
-        _src, path = _ledger_with_results(run, results, engine=engine)
-        for table in ("results", "citations"):
-            _export(path, table, "parquet", where / f"{engine}.{table}.parquet")
+        view = main if engine == main.engine else main.for_engine(engine)
+        view.add_lines(
+            [
+                NewLine(i + 1, record_digest(raw), "pending", f"{engine}{i + 1}", b"")
+                for i, raw in enumerate(raw_lines)
+            ]
+        )
+        created = range(1, len(results) + 1)
+        batch = view.mark_sending(list(created))
+        view.record(
+            batch,
+            [
+                Receipt(line=i, state="created", tag=f"{engine}{i}", task_id=f"{engine}-{i}")
+                for i in created
+            ],
+            batch_state="done",
+            attempts=1,
+        )
+        view.ensure_results()
+        view.store_results(
+            [
+                ResultRow(
+                    f"{engine}-{i}",
+                    i,
+                    f"{engine}{i}",
+                    True,
+                    20000,
+                    "Ok.",
+                    orjson.dumps([r]).decode(),
+                    "direct",
+                )
+                for i, r in zip(created, results, strict=True)
+            ]
+        )
+        if view is not main:
+            view.close()
+    main.close()
+    for table in ("results", "citations"):
+        _export(path, table, "parquet", where / f"compare.{table}.parquet")
     outputs = []
     for code in blocks:
         result = subprocess.run(
