@@ -26,6 +26,7 @@ from llmtasks._words import count, verb
 
 if TYPE_CHECKING:
     from llmtasks._progress import ProgressReporter
+    from llmtasks._submit import Submitter
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("llmtasks")
@@ -807,7 +808,6 @@ async def _submit_to(
     from llmtasks._progress import ProgressReporter
     from llmtasks._rules import TaskRules
     from llmtasks._shared import shared_throttle
-    from llmtasks._submit import Submitter
 
     part = "" if args.shard is None else f"shard-{args.shard[0]}-of-{args.shard[1]}."
     ledger_path = args.ledger or _default_path(args.input, f"{part}ledger.sqlite")
@@ -819,27 +819,14 @@ async def _submit_to(
     stream: ReceiptStream | None = None
     # The rate is settled by the account check (without --rate: the account's own limit),
     # after the resume check, which must refuse a changed input before any call.
-    submitter = Submitter(
+    submitter = submitter_from_args(
+        args,
+        base_url=base_url,
         login=login,
         password=password,
         engine=args.engine,
-        base_url=base_url,
-        rate=args.rate,
-        period_s=args.period,
-        margin_s=args.margin,
-        concurrency=args.concurrency,
-        batch_size=args.batch_size,
         ledger=ledger_path,
-        input_name=args.input,
         default_model=args.model,
-        timeout_s=args.timeout,
-        max_attempts=args.max_attempts,
-        max_cost_usd=args.max_cost_usd,
-        max_task_cost_usd=args.max_task_cost_usd,
-        resend_unknown=args.resend_unknown,
-        allow_insecure=args.allow_insecure,
-        postback_url=_push_url(args.postback_url, "--postback-url"),
-        pingback_url=_push_url(args.pingback_url, "--pingback-url"),
         shard=args.shard,
     )
     async with submitter:
@@ -939,6 +926,45 @@ async def _submit_to(
 
 def _silent(message: str) -> None:
     pass
+
+
+def submitter_from_args(
+    args: argparse.Namespace,
+    *,
+    base_url: str,
+    login: str,
+    password: str,
+    engine: str,
+    ledger: Any,
+    default_model: str | None,
+    shard: tuple[int, int] | None = None,
+) -> Submitter:
+    """One engine's Submitter with the run's options (one per engine in a fan-out)."""
+    from llmtasks._submit import Submitter
+
+    return Submitter(
+        login=login,
+        password=password,
+        engine=engine,
+        base_url=base_url,
+        rate=args.rate,
+        period_s=args.period,
+        margin_s=args.margin,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        ledger=ledger,
+        input_name=args.input,
+        default_model=default_model,
+        timeout_s=args.timeout,
+        max_attempts=args.max_attempts,
+        max_cost_usd=args.max_cost_usd,
+        max_task_cost_usd=args.max_task_cost_usd,
+        resend_unknown=args.resend_unknown,
+        allow_insecure=args.allow_insecure,
+        postback_url=_push_url(args.postback_url, "--postback-url"),
+        pingback_url=_push_url(args.pingback_url, "--pingback-url"),
+        shard=shard,
+    )
 
 
 def _push_url(url: str | None, option: str) -> str | None:

@@ -46,9 +46,9 @@ async def submit_fanout(
         _count_lines,
         _default_path,
         _on_signal,
-        _push_url,
         _silent,
         submit_summary,
+        submitter_from_args,
     )
     from llmtasks._input import read_lines
     from llmtasks._outputs import ReceiptStream
@@ -71,27 +71,14 @@ async def submit_fanout(
         main.lock()
         views = [main] + [main.for_engine(e) for e in engines[1:]]
         subs = [
-            Submitter(
+            submitter_from_args(
+                args,
+                base_url=base_url,
                 login=login,
                 password=password,
                 engine=view.engine,
-                base_url=base_url,
-                rate=args.rate,
-                period_s=args.period,
-                margin_s=args.margin,
-                concurrency=args.concurrency,
-                batch_size=args.batch_size,
                 ledger=view,
-                input_name=args.input,
                 default_model=args.model_by_engine[view.engine],
-                timeout_s=args.timeout,
-                max_attempts=args.max_attempts,
-                max_cost_usd=args.max_cost_usd,
-                max_task_cost_usd=args.max_task_cost_usd,
-                resend_unknown=args.resend_unknown,
-                allow_insecure=args.allow_insecure,
-                postback_url=_push_url(args.postback_url, "--postback-url"),
-                pingback_url=_push_url(args.pingback_url, "--pingback-url"),
             )
             for view in views
         ]
