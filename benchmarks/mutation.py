@@ -64,7 +64,26 @@ TARGETS: tuple[Target, ...] = (
     Target("llmtasks/_submit.py", ("tests/test_submit_lib.py", "tests/test_collect.py")),
     Target("llmtasks/_ledger.py", ("tests/test_submit_lib.py", "tests/test_collect.py")),
     Target("llmtasks/_reconcile.py", ("tests/test_reconcile.py",)),
-    Target("llmtasks/_task.py", ("tests/test_input.py", "tests/test_submit_lib.py")),
+    Target(
+        "llmtasks/_rules.py",
+        (
+            "tests/test_rules.py",
+            "tests/test_rules_agreement.py",
+            "tests/test_validation.py",
+            "-k",
+            "not dry_run and not refused_lines",
+        ),
+    ),
+    Target(
+        "llmtasks/_task.py",
+        (
+            "tests/test_input.py",
+            "tests/test_rules.py",
+            "tests/test_validation.py",
+            "-k",
+            "not dry_run and not refused_lines and not real_pipe and not memory_stays_flat",
+        ),
+    ),
 )
 
 # Survivors that no test can tell from the original, keyed by the mutated function and the

@@ -1,0 +1,453 @@
+"""reconcile in-process: how an id_list item is matched to an ``unknown`` line, how the
+windows around the POSTs are merged, and whole reconcile runs against the in-process
+emulator.
+
+The rules come from the design (../shared/design.md, "Every input line ends in exactly one
+outcome") and the digest (id_list): an unknown line is found by its tag and its prompt among
+the tasks of its own engine; one found becomes ``created`` with the service's id and cost,
+one not found becomes ``pending`` again, and a task that is there once more than its lines
+is a duplicate an earlier resend created, never a second line's task. These tests run in
+the test process (unlike the CLI tests), so mutation testing can use them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmtasks import AuthError, Ledger, Receipt, ServiceError, Submitter
+from llmtasks._reconcile import (
+    DEFAULT_SKEW_S,
+    ID_LIST_PATH,
+    METADATA_REACH_S,
+    ReconcileReport,
+    _blind_reason,
+    _fmt,
+    _match,
+    _windows,
+    reconcile,
+    service_clock,
+)
+from llmtasks._submit import prompt_digest
+from llmtasks._transport import Reply, Transport
+from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
+
+URL = "https://api.dataforseo.com/v3/ai_optimization/{}/llm_responses/task_post"
+
+
+def _item(
+    task_id: str, tag: str | None, prompt: str, *, engine: str = "chat_gpt", cost: Any = 0.0102
+) -> dict[str, Any]:
+    """An id_list item as the digest documents it (metadata: the POST fields)."""
+    return {
+        "id": task_id,
+        "url": URL.format(engine),
+        "datetime_posted": "2026-11-25 10:00:00 +00:00",
+        "datetime_done": None,
+        "status": "ok",
+        "cost": cost,
+        "metadata": {"user_prompt": prompt, "model_name": "gpt-4o", "tag": tag},
+    }
+
+
+Unknown = dict[str | None, list[tuple[int, bytes | None]]]
+
+
+def _unknown(*lines: tuple[int, str | None, str | None]) -> Unknown:
+    """Unknown lines by tag, as reconcile groups them: (line, tag, prompt or None)."""
+    by_tag: Unknown = {}
+    for line, tag, prompt in lines:
+        by_tag.setdefault(tag, []).append((line, None if prompt is None else prompt_digest(prompt)))
+    return by_tag
+
+
+def _run(items: list[dict[str, Any]], by_tag: Unknown, engine: str = "chat_gpt") -> Any:
+    found: dict[int, Receipt] = {}
+    report = ReconcileReport()
+    for item in items:
+        _match(item, engine, by_tag, found, report)
+    return found, report
+
+
+# --- matching one item -------------------------------------------------------------------
+
+
+def test_a_task_with_the_lines_tag_and_prompt_is_the_lines_task() -> None:
+    found, report = _run([_item("id-1", "t7", "hello")], _unknown((7, "t7", "hello")))
+    assert found == {
+        7: Receipt(
+            line=7,
+            state="created",
+            task_id="id-1",
+            status_code=20100,
+            status_message="Task Created.",
+            cost=0.0102,
+            reason="found on the service by reconcile",
+        )
+    }
+    assert report.duplicates == 0
+
+
+def test_a_task_of_another_engine_is_not_the_lines_task() -> None:
+    # Tags are the client's own and may repeat across engines: the engine is in the url.
+    by_tag = _unknown((1, "t", "hello"))
+    for engine in ("claude", "gemini"):
+        found, _ = _run([_item("x", "t", "hello", engine=engine)], by_tag)
+        assert found == {}
+    found, _ = _run([_item("x", "t", "hello", engine="claude")], by_tag, engine="claude")
+    assert set(found) == {1}
+    no_url = _item("x", "t", "hello")
+    del no_url["url"]
+    assert _run([no_url], by_tag)[0] == {}
+
+
+def test_the_prompt_must_match_when_the_ledger_knows_it() -> None:
+    # A user's own tag may be shared by many lines: the prompt tells them apart.
+    found, report = _run([_item("x", "t", "other prompt")], _unknown((1, "t", "hello")))
+    assert found == {} and report.duplicates == 0
+    by_tag = _unknown((1, "t", "hello"), (2, "t", "bye"))
+    found, _ = _run([_item("b", "t", "bye"), _item("a", "t", "hello")], by_tag)
+    assert {line: r.task_id for line, r in found.items()} == {1: "a", 2: "b"}
+
+
+def test_a_line_without_a_prompt_digest_matches_on_the_tag_alone() -> None:
+    found, _ = _run([_item("x", "t", "whatever was sent")], _unknown((3, "t", None)))
+    assert found[3].task_id == "x"
+
+
+def test_a_task_without_metadata_or_with_another_tag_matches_nothing() -> None:
+    by_tag = _unknown((1, "t", "hello"))
+    bare = _item("x", "t", "hello")
+    bare["metadata"] = None
+    assert _run([bare], by_tag)[0] == {}  # metadata is null past the month: no tag, no match
+    assert _run([_item("x", "u", "hello")], by_tag)[0] == {}
+    no_prompt = _item("x", "t", "hello")
+    del no_prompt["metadata"]["user_prompt"]
+    assert _run([no_prompt], _unknown((1, "t", "hello")))[0] == {}
+
+
+def test_an_empty_prompt_is_compared_as_an_empty_prompt() -> None:
+    item = _item("x", "t", "")
+    item["metadata"]["user_prompt"] = None
+    found, _ = _run([item], _unknown((1, "t", "")))
+    assert set(found) == {1}
+
+
+def test_the_same_task_listed_twice_is_one_task() -> None:
+    # Pages of overlapping windows list a task again: not a duplicate, not a second line's.
+    by_tag = _unknown((1, "t", "hello"), (2, "t", "hello"))
+    found, report = _run([_item("x", "t", "hello"), _item("x", "t", "hello")], by_tag)
+    assert {line: r.task_id for line, r in found.items()} == {1: "x"}
+    assert report.duplicates == 0
+
+
+def test_lines_with_the_same_tag_and_prompt_take_one_task_each_then_count_duplicates() -> None:
+    by_tag = _unknown((4, "t", "hello"), (9, "t", "hello"))
+    items = [_item(f"id-{i}", "t", "hello") for i in range(4)]
+    found, report = _run(items, by_tag)
+    assert {line: r.task_id for line, r in found.items()} == {4: "id-0", 9: "id-1"}
+    # Two tasks more than lines: earlier resends created them, reported, never assigned.
+    assert report.duplicates == 2
+    # A task whose prompt matches no line is not a duplicate of anything.
+    _, report = _run([*items, _item("z", "t", "other")], by_tag)
+    assert report.duplicates == 2
+
+
+def test_the_cost_is_the_services_number_or_nothing() -> None:
+    by_tag = _unknown((1, "t", "hello"))
+    assert _run([_item("x", "t", "hello", cost=0)], by_tag)[0][1].cost == 0.0
+    assert isinstance(_run([_item("x", "t", "hello", cost=1)], by_tag)[0][1].cost, float)
+    assert _run([_item("x", "t", "hello", cost="0.01")], by_tag)[0][1].cost is None
+    assert _run([_item("x", "t", "hello", cost=None)], by_tag)[0][1].cost is None
+    no_cost = _item("x", "t", "hello")
+    del no_cost["cost"]
+    assert _run([no_cost], by_tag)[0][1].cost is None
+
+
+# --- windows -----------------------------------------------------------------------------
+
+
+def test_windows_cover_every_post_and_merge_overlaps() -> None:
+    assert _windows([], 300.0) == []
+    assert _windows([1000.0], 300.0) == [(700.0, 1300.0)]
+    # Unsorted times, two overlapping, one touching the merged window, one apart.
+    times = [5000.0, 1000.0, 1500.0, 2100.0]
+    assert _windows(times, 300.0) == [(700.0, 2400.0), (4700.0, 5300.0)]
+    # A window inside the previous one does not shrink it.
+    assert _windows([1000.0, 1000.0, 1001.0], 300.0) == [(700.0, 1301.0)]
+    assert _windows([1000.0, 1601.0], 300.0) == [(700.0, 1300.0), (1301.0, 1901.0)]
+
+
+def test_datetimes_are_in_id_lists_documented_format() -> None:
+    # "yyyy-mm-dd hh:mm:ss +00:00", UTC, whole seconds rounded down.
+    ts = datetime(2026, 11, 25, 10, 0, 7, 900_000, tzinfo=UTC).timestamp()
+    assert _fmt(ts) == "2026-11-25 10:00:07 +00:00"
+
+
+def test_an_unsearchable_line_says_why_it_stays_unknown() -> None:
+    now = 2_000_000_000.0
+    reach = now - METADATA_REACH_S
+    old = _blind_reason(reach - 10.0, reach)
+    assert "keeps the tags of the last month only" in old and "--resend-unknown" in old
+    assert old.startswith(f"sent {_fmt(reach - 10.0)}: ")
+    edge = _blind_reason(reach + DEFAULT_SKEW_S - 1.0, reach)
+    assert "last month only" in edge
+    future = _blind_reason(now + 60.0, reach)
+    assert "has not reached yet" in future and "run reconcile again later" in future
+    assert _blind_reason(reach + DEFAULT_SKEW_S, reach) == (
+        f"sent {_fmt(reach + DEFAULT_SKEW_S)}, which the service's clock has not reached yet: "
+        "id_list cannot search that window; still unknown, run reconcile again later"
+    )
+
+
+# --- whole runs against the in-process emulator ------------------------------------------
+
+
+def _transport(emu: Emulator, **kw: Any) -> Transport:
+    return Transport(
+        base_url=emu.base_url,
+        login=kw.pop("login", DEFAULT_LOGIN),
+        password=kw.pop("password", DEFAULT_PASSWORD),
+        allow_insecure=True,
+        **kw,
+    )
+
+
+async def _lost_replies(emu: Emulator, path: Path, prompts: list[str], batch: int = 3) -> None:
+    """A submit whose every reply is lost after the tasks were created: all lines unknown."""
+    emu.reconfigure(drop_rate=1.0)
+    async with Submitter(
+        login=DEFAULT_LOGIN,
+        password=DEFAULT_PASSWORD,
+        base_url=emu.base_url,
+        ledger=str(path),
+        batch_size=batch,
+        default_model="gpt-4o",
+    ) as sub:
+        async for _ in sub.submit({"user_prompt": p} for p in prompts):
+            pass
+    emu.reconfigure(drop_rate=0.0)
+
+
+def _states(path: Path) -> dict[int, Receipt]:
+    ledger = Ledger.open_existing(path)
+    try:
+        return {r.line: r for r in ledger.receipts()}
+    finally:
+        ledger.close()
+
+
+async def _reconcile(path: Path, emu: Emulator, **kw: Any) -> ReconcileReport:
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _transport(emu) as t:
+            return await reconcile(ledger, t, **kw)
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+async def emu() -> Any:
+    async with Emulator(EmulatorConfig(seed=3, id_list_rate=None, tasks_ready_rate=None)) as e:
+        yield e
+
+
+async def test_lost_replies_are_found_with_their_ids(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, [f"p{i}" for i in range(7)])
+    assert {r.state for r in _states(path).values()} == {"unknown"}
+    report = await _reconcile(path, emu, min_age_s=0)
+    got = _states(path)
+    by_tag = {t.tag: t for t in emu.created}
+    assert len(got) == 7 and all(r.state == "created" for r in got.values())
+    for r in got.values():
+        assert r.task_id == by_tag[r.tag].id
+        assert r.cost == pytest.approx(emu.config.task_cost_usd)
+    assert (report.unknown, report.found, report.not_found, report.duplicates) == (7, 7, 0, 0)
+    assert report.too_recent == report.unsearchable == 0
+    assert report.clock == "the service's Date header"
+    # One user_data for the clock, one id_list for the one merged window.
+    assert report.calls == 2
+    assert [c.path for c in emu.calls if c.path == ID_LIST_PATH] == [ID_LIST_PATH]
+
+
+async def test_nothing_unknown_asks_nothing(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    await _reconcile(path, emu, min_age_s=0)
+    calls = len(emu.calls)
+    report = await _reconcile(path, emu, min_age_s=0)
+    assert report == ReconcileReport(unknown=0)
+    assert len(emu.calls) == calls
+
+
+async def test_what_the_service_never_created_goes_back_to_pending(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:  # knows no task
+        report = await _reconcile(path, empty, min_age_s=0)
+        tasks_ready = [c for c in empty.calls if c.path.endswith("/tasks_ready")]
+    got = _states(path)
+    assert [r.state for r in got.values()] == ["pending", "pending"]
+    for r in got.values():
+        assert r.reason == "not found on the service by reconcile: the next submit sends it"
+        assert r.task_id is None
+    assert (report.found, report.not_found) == (0, 2)
+    assert len(tasks_ready) == 1  # the second look, before giving up on them
+
+
+async def test_lines_sent_moments_ago_wait_for_min_age(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b", "c", "d"], batch=2)
+    calls = len(emu.calls)
+    report = await _reconcile(path, emu, min_age_s=3600)
+    assert (report.unknown, report.too_recent, report.calls) == (4, 4, 0)
+    assert len(emu.calls) == calls  # nothing asked
+    assert {r.state for r in _states(path).values()} == {"unknown"}
+    # One batch old enough, one not: only the old one's lines are looked up.
+    with sqlite3.connect(path) as db:
+        (first,) = db.execute("SELECT min(batch_id) FROM lines").fetchone()
+        db.execute("UPDATE batches SET sent_at = sent_at - 7200 WHERE batch_id = ?", (first,))
+    report = await _reconcile(path, emu, min_age_s=3600)
+    assert (report.too_recent, report.found) == (2, 2)
+    states = Counter(r.state for r in _states(path).values())
+    assert states == {"created": 2, "unknown": 2}
+
+
+async def test_a_task_created_twice_is_a_duplicate_not_another_lines(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    # An earlier resend of line 1 by hand: the same tag and prompt, created again.
+    first = emu.created[0]
+    async with _transport(emu) as t:
+        body = f'[{{"user_prompt": "a", "model_name": "gpt-4o", "tag": "{first.tag}"}}]'
+        reply = await t.post("/v3/ai_optimization/chat_gpt/llm_responses/task_post", body.encode())
+        assert reply.kind == "ok"
+    report = await _reconcile(path, emu, min_age_s=0)
+    assert (report.found, report.duplicates) == (2, 1)
+    assert _states(path)[1].task_id == first.id  # the first listed (sort asc)
+
+
+async def test_windows_end_at_the_services_now_not_ours(tmp_path: Path) -> None:
+    # The service's clock is 10 minutes behind ours: a window ending at our now would be
+    # "in the future" for id_list, which refuses it.
+    async with Emulator(EmulatorConfig(clock_offset_s=-600.0, id_list_rate=None)) as emu:
+        path = tmp_path / "run.sqlite"
+        await _lost_replies(emu, path, ["a", "b"])
+        report = await _reconcile(path, emu, min_age_s=0)
+    assert report.found == 2 and report.unsearchable == 0
+
+
+async def test_lines_past_the_metadata_month_stay_unknown_without_asking_id_list(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    emu.reconfigure(completion_delay_s=3600.0)  # still running: not in tasks_ready either
+    await _lost_replies(emu, path, ["a", "b"])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE batches SET sent_at = sent_at - ?", (METADATA_REACH_S + 3600,))
+    calls = len(emu.calls)
+    report = await _reconcile(path, emu, min_age_s=0)
+    assert report.unsearchable == 2 and report.found == 0 and report.not_found == 0
+    for r in _states(path).values():
+        assert r.state == "unknown" and r.reason and "last month only" in r.reason
+    assert not [c for c in emu.calls[calls:] if c.path == ID_LIST_PATH]
+
+
+async def test_a_line_past_the_month_is_still_found_in_tasks_ready(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE batches SET sent_at = sent_at - ?", (METADATA_REACH_S + 3600,))
+    emu.complete_all()
+    report = await _reconcile(path, emu, min_age_s=0)
+    got = _states(path)
+    assert [r.state for r in got.values()] == ["created", "created"]
+    by_tag = {t.tag: t.id for t in emu.created}
+    for r in got.values():
+        assert r.task_id == by_tag[r.tag] and r.reason == "found in tasks_ready by reconcile"
+    assert report.found == 2 and report.unsearchable == 0
+
+
+async def test_many_tasks_are_read_page_by_page(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, [f"p{i}" for i in range(1001)], batch=100)
+    report = await _reconcile(path, emu, min_age_s=0)
+    offsets = [c for c in emu.calls if c.path == ID_LIST_PATH]
+    assert len(offsets) == 2  # 1000, then the one more
+    assert report.found == 1001
+    assert Counter(r.state for r in _states(path).values()) == {"created": 1001}
+
+
+async def test_refused_credentials_stop_reconcile_and_change_nothing(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _transport(emu, password="wrong") as t:
+            with pytest.raises(AuthError, match="refused the credentials"):
+                await reconcile(ledger, t, min_age_s=0)
+    finally:
+        ledger.close()
+    assert _states(path)[1].state == "unknown"
+
+
+async def test_id_list_is_retried_on_its_rate_limit_then_gives_up(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    emu.reconfigure(id_list_rate=1)
+    # The first id_list gets through, the next 40202s: a second window needs another call.
+    report = await _reconcile(path, emu, min_age_s=0)
+    assert report.found == 1
+    ledger = Ledger.open_existing(path)
+    try:
+        import llmtasks._reconcile as rec
+        from llmtasks._throttle import RetryPolicy
+
+        # id_list is free: asked again after a backoff (shortened here), then a clear error.
+        monkeypatch.setattr(rec, "_BACKOFF", RetryPolicy(max_attempts=6, backoff_s=0.001))
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE lines SET state = 'unknown', task_id = NULL")
+        before = len(emu.calls)
+        async with _transport(emu) as t:
+            with pytest.raises(ServiceError, match="id_list kept failing"):
+                await reconcile(ledger, t, min_age_s=0, id_list_rate=6000)
+    finally:
+        ledger.close()
+    id_lists = [c for c in emu.calls[before:] if c.path == ID_LIST_PATH]
+    assert len(id_lists) == 6
+    assert _states(path)[1].state == "unknown"  # nothing changed
+
+
+async def test_without_a_date_header_the_clock_is_ours_less_the_skew(emu: Emulator) -> None:
+    class NoDate(Transport):
+        async def get(self, path: str) -> Reply:
+            reply = await super().get(path)
+            return reply._replace(server_time=None)
+
+    async with NoDate(
+        base_url=emu.base_url, login=DEFAULT_LOGIN, password=DEFAULT_PASSWORD, allow_insecure=True
+    ) as t:
+        before = datetime.now(UTC).timestamp()
+        now, source = await service_clock(t, 120.0)
+        after = datetime.now(UTC).timestamp()
+    assert before - 120.0 <= now <= after - 120.0
+    assert source == "the local clock less 120 s"
+    async with _transport(emu, password="wrong") as t:
+        with pytest.raises(AuthError):
+            await service_clock(t, 120.0)
