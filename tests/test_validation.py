@@ -15,7 +15,17 @@ import pytest
 
 from llmtasks._models import ModelInfo, ModelList, builtin_models
 from llmtasks._rules import TaskRules
-from llmtasks._task import Task, TaskRuleError, decode_task
+from llmtasks._task import (
+    ENGINES,
+    MAX_TASKS_PER_POST,
+    ChainMessage,
+    StrictTask,
+    Task,
+    TaskRuleError,
+    check_rules,
+    decode_task,
+    explain,
+)
 
 
 def test_user_prompt_is_at_most_500_characters() -> None:
@@ -303,3 +313,120 @@ def test_warnings_go_to_the_llmtasks_log_by_default(caplog: pytest.LogCaptureFix
         rules.check(Task(user_prompt="q", model_name="gemini-2.0-flash", web_search_city="Rome"))
     assert [r.name for r in caplog.records] == ["llmtasks"]
     assert "web_search_city is not documented for gemini" in caplog.records[0].getMessage()
+
+
+# --- what holds on every engine: the Task struct and its errors --------------------------
+
+
+def _why(raw: str, *, strict: bool = True) -> tuple[str, str]:
+    """The (field, reason) a line gets for ``raw``."""
+    try:
+        decode_task(raw, strict=strict)
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        return explain(err)
+    raise AssertionError(f"{raw} was accepted")
+
+
+def _ok(raw: str, *, strict: bool = True) -> Task:
+    return decode_task(raw, strict=strict)
+
+
+@pytest.mark.parametrize(
+    ("field", "longest"),
+    [("user_prompt", 500), ("system_message", 500), ("tag", 255)],
+)
+def test_text_fields_have_their_documented_length(field: str, longest: int) -> None:
+    assert getattr(_ok(f'{{"{field}": "{"é" * longest}"}}'), field) == "é" * longest
+    got = _why(f'{{"{field}": "{"x" * (longest + 1)}"}}')
+    assert got == (field, f"Expected `str` of length <= {longest}")
+
+
+def test_message_chain_is_at_most_10_user_or_ai_messages_of_500() -> None:
+    item = '{"role": "user", "message": "m"}'
+    chain = _ok('{"message_chain": [' + ", ".join([item] * 10) + "]}").message_chain
+    assert chain is not None and len(chain) == 10 and chain[0] == ChainMessage("user", "m")
+    assert _ok('{"message_chain": [{"role": "ai", "message": "%s"}]}' % ("m" * 500))
+    assert _why('{"message_chain": [' + ", ".join([item] * 11) + "]}") == (
+        "message_chain",
+        "Expected `array` of length <= 10",
+    )
+    field, _ = _why('{"message_chain": [{"role": "system", "message": "m"}]}')
+    assert field == "message_chain[0].role"
+    field, _ = _why('{"message_chain": [{"role": "ai", "message": "%s"}]}' % ("m" * 501))
+    assert field == "message_chain[0].message"
+    assert _why('{"message_chain": [{"role": "ai", "message": "m", "x": 1}]}') == (
+        "x",
+        "unknown field",
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "low", "high", "inside"),
+    [("max_output_tokens", 1, 4096, 100), ("temperature", 0.0, 2.0, 1.5), ("top_p", 0.0, 1.0, 0.5)],
+)
+def test_numbers_have_the_widest_documented_range(
+    field: str, low: float, high: float, inside: float
+) -> None:
+    for value in (low, inside, high):
+        assert getattr(_ok(f'{{"{field}": {value}}}'), field) == value
+    assert _why(f'{{"{field}": {low - 1}}}') == (field, f"Expected `{_kind(field)}` >= {low}")
+    assert _why(f'{{"{field}": {high + 1}}}') == (field, f"Expected `{_kind(field)}` <= {high}")
+
+
+def _kind(field: str) -> str:
+    return "int" if field == "max_output_tokens" else "float"
+
+
+def test_unknown_fields_are_refused_from_input_and_kept_out_otherwise() -> None:
+    assert _why('{"user_prompt": "q", "temprature": 1}') == ("temprature", "unknown field")
+    loose = _ok('{"user_prompt": "q", "temprature": 1}', strict=False)
+    assert loose == Task(user_prompt="q")
+    assert type(_ok('{"user_prompt": "q"}')) is StrictTask
+    # Both decoders are kept, each for its own kind.
+    assert type(_ok('{"user_prompt": "q"}', strict=False)) is Task
+    assert type(_ok('{"user_prompt": "q"}')) is StrictTask
+
+
+def test_errors_name_the_field_and_the_reason() -> None:
+    assert _why('{"web_search": "yes"}') == ("web_search", "Expected `bool | null`, got `str`")
+    assert _why("[1]") == ("", "Expected `object`, got `array`")
+    field, reason = _why('{"user_prompt": ')
+    assert field == "" and reason.startswith("Input data was truncated")
+    # A rule raised while decoding names its own field.
+    try:
+        raise msgspec.ValidationError("x") from TaskRuleError("tag", "is bad")
+    except msgspec.ValidationError as err:
+        assert explain(err) == ("tag", "is bad")
+    assert explain(msgspec.ValidationError("Object missing required field `role`")) == (
+        "role",
+        "is required",
+    )
+    assert explain(msgspec.ValidationError("temperature: must be small")) == (
+        "temperature",
+        "must be small",
+    )
+    assert explain(msgspec.ValidationError("not a field: whatever")) == (
+        "",
+        "not a field: whatever",
+    )
+
+
+def test_the_engine_free_check_of_the_required_fields() -> None:
+    check_rules(Task(), require_model=False)
+    check_rules(Task(user_prompt="q", model_name="m"), require_model=True)
+    for task, field in (
+        (Task(model_name="m"), "user_prompt"),
+        (Task(user_prompt="", model_name="m"), "user_prompt"),
+        (Task(user_prompt="q"), "model_name"),
+        (Task(user_prompt="q", model_name=""), "model_name"),
+    ):
+        with pytest.raises(TaskRuleError) as info:
+            check_rules(task, require_model=True)
+        assert (info.value.field, info.value.reason) == (field, "is required")
+    check_rules(Task(user_prompt="q", model_name="m"))
+
+
+def test_the_documented_engines_and_batch_size() -> None:
+    # The three engines of the task method (perplexity has only live); 100 tasks per POST.
+    assert ENGINES == ("chat_gpt", "claude", "gemini")
+    assert MAX_TASKS_PER_POST == 100
