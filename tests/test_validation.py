@@ -299,12 +299,25 @@ def test_a_model_the_services_list_marks_not_for_task_post_is_refused() -> None:
         "model 'o1-pro' (o1-pro) does not support task_post on chat_gpt",
     )
     messages: list[str] = []
-    offline = TaskRules("chat_gpt", ModelList("chat_gpt", listed, "built-in"), warn=messages.append)
+    table = ModelList("chat_gpt", (*listed, _m("o3-pro", True, post=False)), "built-in")
+    offline = TaskRules("chat_gpt", table, warn=messages.append)
     offline.check(Task(user_prompt="q", model_name="o1-pro"), 2)
+    offline.check(Task(user_prompt="q", model_name="o1-pro"), 3)
+    offline.check(Task(user_prompt="q", model_name="o3-pro"), 4)
+    # One warning per model, the first line of each.
     assert messages == [
         "model 'o1-pro' (o1-pro) does not support task_post according to the built-in table; "
-        "sent, the service decides (first on line 2)"
+        "sent, the service decides (first on line 2)",
+        "model 'o3-pro' (o3-pro) does not support task_post according to the built-in table; "
+        "sent, the service decides (first on line 4)",
     ]
+    assert sum(offline.warned.values()) == 3
+
+
+def test_a_model_looked_up_outside_a_line_names_no_line() -> None:
+    rules, messages = _rules("chat_gpt")
+    assert rules.model("gpt-4.2") is None
+    assert messages[0].endswith("; sent, the service decides")
 
 
 def test_warnings_go_to_the_llmtasks_log_by_default(caplog: pytest.LogCaptureFixture) -> None:
