@@ -54,6 +54,7 @@ TARGETS: tuple[Target, ...] = (
         "llmtasks/_shared.py",
         (
             "tests/test_shared_limit.py",
+            "tests/test_shared_throttle.py",
             "-k",
             # The fleet tests start CLI processes (the unmutated package): left out.
             "not processes and not killed and not without_limiter and not environment"
@@ -195,6 +196,12 @@ def prepare(target: Target, *, fresh: bool) -> Path:
         meta.write_text(json.dumps(data, indent=4))
     shutil.copytree(ROOT / "llmtasks", work / "llmtasks")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    # What some tests read beside the code (the docs' examples, the README).
+    for name in ("docs", "examples"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, work / name)
+    shutil.copy(ROOT / "README.md", work / "README.md")
     project = (ROOT / "pyproject.toml").read_text()
     project = re.sub(r"\n\[tool\.mutmut\]\n(?:(?!\n\[).)*", "\n", project, flags=re.S)
     settings = {
@@ -202,6 +209,7 @@ def prepare(target: Target, *, fresh: bool) -> Path:
         "only_mutate": [target.module],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-o", "addopts="],
         "pytest_add_cli_args_test_selection": list(target.tests),
+        "also_copy": ["docs", "examples", "README.md"],
         # A mutant that makes the limiter spin or stall would otherwise hold a worker for
         # 15 times the tests' duration (mutmut's default); 4 still leaves a loaded machine
         # room to finish a survivor's tests in time.
@@ -289,6 +297,9 @@ def measure(
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
+    if run_mutmut and counts.get("not checked") == len(statuses):
+        # mutmut stops before any mutant when the unmutated tests fail: no score to report.
+        raise SystemExit(f"{target.module}: no mutant was checked\n{output[-3000:]}")
     detected = counts.get("killed", 0) + len(timeouts)
     return {
         "module": target.module,
