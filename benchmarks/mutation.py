@@ -157,6 +157,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             '"OFFLINE")',
         )
     },
+    **{
+        ("llmtasks._task.x_decode_task", line): (
+            "the decoders are kept only so that a million lines do not build a million "
+            "decoders; building a new one on every call decodes the same (speed is measured "
+            "in benchmarks/, never by tests)"
+        )
+        for line in ("dec = None", "dec = _decoders.get(None)")
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"

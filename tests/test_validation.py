@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import llmtasks._task as task_module
 from llmtasks._models import ModelInfo, ModelList, builtin_models
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
@@ -422,6 +423,22 @@ def test_errors_name_the_field_and_the_reason() -> None:
         "",
         "not a field: whatever",
     )
+    # Only the first ": " separates the field from the reason.
+    assert explain(msgspec.ValidationError("top_p: must be 0..1: see the docs")) == (
+        "top_p",
+        "must be 0..1: see the docs",
+    )
+
+
+def test_input_is_strict_unless_asked_otherwise_from_the_first_call() -> None:
+    # A fresh process has no decoder yet: the first call of each kind builds the right one.
+    task_module._decoders.clear()
+    assert type(decode_task(b'{"user_prompt": "q"}', strict=False)) is Task
+    task_module._decoders.clear()
+    assert type(decode_task('{"user_prompt": "q"}')) is StrictTask
+    with pytest.raises(msgspec.ValidationError, match="unknown field `x`"):
+        decode_task('{"user_prompt": "q", "x": 1}')
+    assert type(decode_task(b'{"user_prompt": "q"}', strict=False)) is Task
 
 
 def test_the_engine_free_check_of_the_required_fields() -> None:
@@ -436,7 +453,8 @@ def test_the_engine_free_check_of_the_required_fields() -> None:
         with pytest.raises(TaskRuleError) as info:
             check_rules(task, require_model=True)
         assert (info.value.field, info.value.reason) == (field, "is required")
-    check_rules(Task(user_prompt="q", model_name="m"))
+    # Without require_model the engine-free check asks nothing (an engine's rules do).
+    check_rules(Task())
 
 
 def test_the_documented_engines_and_batch_size() -> None:
