@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from llmtasks import AuthError, Ledger, Receipt, ServiceError, Submitter
@@ -380,14 +381,77 @@ async def test_a_line_past_the_month_is_still_found_in_tasks_ready(
     assert report.found == 2 and report.unsearchable == 0
 
 
-async def test_many_tasks_are_read_page_by_page(emu: Emulator, tmp_path: Path) -> None:
+class Recording(Transport):
+    """The real transport, keeping each id_list query it sent."""
+
+    queries: list[dict[str, Any]]
+
+    async def post(self, path: str, body: bytes) -> Reply:
+        if path == ID_LIST_PATH:
+            self.queries.append(orjson.loads(body)[0])
+        return await super().post(path, body)
+
+
+async def _queries(
+    path: Path, emu: Emulator, **kw: Any
+) -> tuple[ReconcileReport, list[dict[str, Any]]]:
+    ledger = Ledger.open_existing(path)
+    try:
+        async with Recording(
+            base_url=emu.base_url,
+            login=DEFAULT_LOGIN,
+            password=DEFAULT_PASSWORD,
+            allow_insecure=True,
+        ) as t:
+            t.queries = []
+            report = await reconcile(ledger, t, min_age_s=0, **kw)
+    finally:
+        ledger.close()
+    return report, t.queries
+
+
+async def test_the_id_list_query_is_the_documented_one(emu: Emulator, tmp_path: Path) -> None:
     path = tmp_path / "run.sqlite"
-    await _lost_replies(emu, path, [f"p{i}" for i in range(1001)], batch=100)
-    report = await _reconcile(path, emu, min_age_s=0)
-    offsets = [c for c in emu.calls if c.path == ID_LIST_PATH]
-    assert len(offsets) == 2  # 1000, then the one more
-    assert report.found == 1001
-    assert Counter(r.state for r in _states(path).values()) == {"created": 1001}
+    await _lost_replies(emu, path, ["a", "b"])
+    ledger = Ledger.open_existing(path)
+    try:
+        sent = min(ledger.batch_times(b for *_, b in ledger.lines_in_state("unknown")).values())
+    finally:
+        ledger.close()
+    _, (query,) = await _queries(path, emu)
+    assert set(query) == {
+        "datetime_from",
+        "datetime_to",
+        "limit",
+        "offset",
+        "sort",
+        "include_metadata",
+    }
+    # The most id_list gives per call, oldest first, with the POST fields (the tag).
+    assert (query["limit"], query["offset"], query["sort"]) == (1000, 0, "asc")
+    assert query["include_metadata"] is True
+    # From the skew before the POST, to the service's now (not the skew after: the future).
+    assert query["datetime_from"] == _fmt(sent - DEFAULT_SKEW_S)
+    posted_to = datetime.strptime(query["datetime_to"], "%Y-%m-%d %H:%M:%S %z").timestamp()
+    assert sent <= posted_to + 1 < sent + DEFAULT_SKEW_S
+
+
+@pytest.mark.parametrize(("n", "pages"), [(7, [0, 3, 6]), (6, [0, 3, 6])])
+async def test_many_tasks_are_read_page_by_page(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, pages: list[int]
+) -> None:
+    import llmtasks._reconcile as rec
+
+    # Pages of 3 instead of id_list's 1000: the same loop, without 1000 tasks.
+    monkeypatch.setattr(rec, "PAGE", 3)
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, [f"p{i}" for i in range(n)], batch=n)
+    report, queries = await _queries(path, emu, id_list_rate=6000)
+    # A short page is the last; a full one may have more behind it.
+    assert [q["offset"] for q in queries] == pages
+    assert {q["limit"] for q in queries} == {3}
+    assert report.found == n and report.calls == 1 + len(pages)
+    assert Counter(r.state for r in _states(path).values()) == {"created": n}
 
 
 async def test_refused_credentials_stop_reconcile_and_change_nothing(
