@@ -29,6 +29,7 @@ from llmtasks._cli_options import (
 )
 from llmtasks._dry_run import dry_run
 from llmtasks._errors import ConfigError, InputError, LlmtasksError
+from llmtasks._fanout import submit_fanout
 from llmtasks._submit_run import (
     count_lines,
     on_signal,
@@ -271,8 +272,6 @@ async def _submit(args: argparse.Namespace, credentials: tuple[str, str]) -> int
     fmt = detect_format(args.input, args.format)
     async with _service(args, credentials) as (base_url, login, password):
         if len(args.engines) > 1:
-            from llmtasks._fanout import submit_fanout
-
             return await submit_fanout(args, base_url, login, password, fmt)
         return await _submit_to(args, base_url, login, password, fmt)
 

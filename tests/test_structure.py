@@ -139,7 +139,8 @@ def test_the_graph_sees_imports_at_every_level() -> None:
     # Module level, from-import of a submodule, inside a function, under TYPE_CHECKING.
     assert ("llmtasks._cmd_submit", "llmtasks._cli_options", "import") in edges
     assert ("llmtasks._cli", "llmtasks._cmd_collect", "import") in edges
-    assert ("llmtasks._cmd_submit", "llmtasks._fanout", "function") in edges
+    assert ("llmtasks._cmd_submit", "llmtasks._fanout", "import") in edges
+    assert ("llmtasks._cmd_status", "llmtasks._status", "function") in edges
     assert ("llmtasks._submit_run", "llmtasks._submit", "type_checking") in edges
     assert ("llmtasks.__main__", "llmtasks._cli", "import") in edges
 
