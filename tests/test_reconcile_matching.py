@@ -12,6 +12,8 @@ the test process (unlike the CLI tests), so mutation testing can use them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ import orjson
 import pytest
 
 from llmtasks import AuthError, Ledger, Receipt, ServiceError, Submitter
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._reconcile import (
     DEFAULT_SKEW_S,
     ID_LIST_PATH,
@@ -35,6 +38,7 @@ from llmtasks._reconcile import (
     service_clock,
 )
 from llmtasks._submit import prompt_digest
+from llmtasks._throttle import LocalThrottle, RetryPolicy
 from llmtasks._transport import Reply, Transport
 from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
 
@@ -515,3 +519,263 @@ async def test_without_a_date_header_the_clock_is_ours_less_the_skew(emu: Emulat
     async with _transport(emu, password="wrong") as t:
         with pytest.raises(AuthError):
             await service_clock(t, 120.0)
+
+
+# --- when the service fails part of the way ------------------------------------------------
+
+
+class Hooked(Transport):
+    """The real transport; ``after(path, n)`` runs after the n-th call (from 1) to a path, so
+    a test can switch the emulator's faults on or off mid-run."""
+
+    after: Any = None
+    counts: Counter[str]
+    sent: list[tuple[str, bytes | None]]
+
+    async def get(self, path: str) -> Reply:
+        reply = await super().get(path)
+        self._done(path, None)
+        return reply
+
+    async def post(self, path: str, body: bytes) -> Reply:
+        reply = await super().post(path, body)
+        self._done(path, body)
+        return reply
+
+    def _done(self, path: str, body: bytes | None) -> None:
+        self.counts[path] += 1
+        self.sent.append((path, body))
+        if self.after is not None:
+            self.after(path, self.counts[path])
+
+
+def _hooked(emu: Emulator, after: Any = None, **kw: Any) -> Hooked:
+    t = Hooked(
+        base_url=emu.base_url,
+        login=DEFAULT_LOGIN,
+        password=DEFAULT_PASSWORD,
+        allow_insecure=True,
+        **kw,
+    )
+    t.after, t.counts, t.sent = after, Counter(), []
+    return t
+
+
+class Waits(RetryPolicy):
+    """The reconcile backoff, recording each wait asked for instead of sleeping it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_attempts=6)
+        object.__setattr__(self, "asked", [])
+
+    def delay_s(self, attempt: int) -> float:
+        self.asked.append(attempt)  # type: ignore[attr-defined]
+        return 0.0
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
+    import llmtasks._reconcile as rec
+
+    w = Waits()
+    monkeypatch.setattr(rec, "_BACKOFF", w)
+    return w
+
+
+TASKS_READY = "/v3/ai_optimization/chat_gpt/llm_responses/tasks_ready"
+
+
+async def _run_hooked(path: Path, t: Hooked, **kw: Any) -> ReconcileReport:
+    ledger = Ledger.open_existing(path)
+    try:
+        async with t:
+            # No local pacing of the retries (10 and 20 a minute would make each wait seconds).
+            kw = {"id_list_rate": 6000, "tasks_ready_rate": 6000, **kw}
+            return await reconcile(ledger, t, min_age_s=0, **kw)
+    finally:
+        ledger.close()
+
+
+def _past_the_month(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE batches SET sent_at = sent_at - ?", (METADATA_REACH_S + 3600,))
+
+
+async def test_a_failed_id_list_is_asked_again(
+    emu: Emulator, tmp_path: Path, waits: Waits, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmtasks")
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+
+    def heal(call: str, n: int) -> None:
+        if call == "/v3/appendix/user_data":
+            emu.reconfigure(fail_rate=1.0)  # id_list's first answer: HTTP 500
+        elif call == ID_LIST_PATH:
+            emu.reconfigure(fail_rate=0.0)
+
+    t = _hooked(emu, heal)
+    report = await _run_hooked(path, t)
+    assert report.found == 2 and t.counts[ID_LIST_PATH] == 2
+    assert report.calls == 3  # the clock, then id_list twice
+    assert waits.asked == [2]  # the backoff of a second attempt
+    assert "id_list failed (HTTP 500" in caplog.text and "attempt 1" in caplog.text
+
+
+async def test_an_id_list_the_service_refuses_as_a_task_is_asked_again_then_given_up(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+
+    class Future(Hooked):
+        async def post(self, path: str, body: bytes) -> Reply:
+            # A window ending in the service's future: id_list refuses it (task level).
+            query = orjson.loads(body)
+            query[0]["datetime_to"] = "2099-01-01 00:00:00 +00:00"
+            return await super().post(path, orjson.dumps(query))
+
+    t = Future(
+        base_url=emu.base_url, login=DEFAULT_LOGIN, password=DEFAULT_PASSWORD, allow_insecure=True
+    )
+    t.after, t.counts, t.sent = None, Counter(), []
+    with pytest.raises(ServiceError) as info:
+        await _run_hooked(path, t)
+    message = str(info.value)
+    assert message.startswith("id_list kept failing (40")
+    assert message.endswith("); nothing was changed, try again later")
+    assert t.counts[ID_LIST_PATH] == 6 and waits.asked == [2, 3, 4, 5, 6, 7]
+    assert _states(path)[1].state == "unknown"
+
+
+async def test_credentials_refused_at_id_list_stop_reconcile(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+
+    def refuse(call: str, n: int) -> None:
+        emu.reconfigure(spurious_401_rate=1.0)  # every call after the clock's
+
+    with pytest.raises(AuthError, match=r"^the service refused the credentials \(.+\)$"):
+        await _run_hooked(path, _hooked(emu, refuse))
+    assert _states(path)[1].state == "unknown"
+
+
+async def test_a_failed_tasks_ready_is_asked_again(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    _past_the_month(path)
+    emu.complete_all()
+    emu.reconfigure(fail_rate=1.0)
+
+    def heal(call: str, n: int) -> None:
+        if call == TASKS_READY and n == 2:
+            emu.reconfigure(fail_rate=0.0)
+
+    t = _hooked(emu, heal)
+    report = await _run_hooked(path, t)
+    # The clock's call got a 500 too (with a Date), then tasks_ready: 500, 500, ok.
+    assert t.counts[TASKS_READY] == 3 and report.found == 2
+    assert waits.asked == [1, 2]
+    assert report.calls == 4  # the clock and three tasks_ready
+
+
+async def test_a_tasks_ready_that_keeps_failing_leaves_the_lines_as_they_were(
+    emu: Emulator, tmp_path: Path, waits: Waits, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmtasks")
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    _past_the_month(path)
+    emu.complete_all()
+    emu.reconfigure(fail_rate=1.0)
+    t = _hooked(emu)
+    report = await _run_hooked(path, t)
+    assert t.counts[TASKS_READY] == 6 and waits.asked == [1, 2, 3, 4, 5]
+    assert report.found == 0 and report.unsearchable == 2
+    assert "tasks_ready not available for reconcile (HTTP 500" in caplog.text
+    assert {r.state for r in _states(path).values()} == {"unknown"}
+
+
+async def test_tasks_ready_identifies_a_line_only_by_a_tag_no_other_line_has(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    emu.reconfigure(drop_rate=1.0)
+    async with Submitter(
+        login=DEFAULT_LOGIN,
+        password=DEFAULT_PASSWORD,
+        base_url=emu.base_url,
+        ledger=str(path),
+        default_model="gpt-4o",
+    ) as sub:
+        tasks = [{"user_prompt": p, "tag": tag} for p, tag in (("a", "x"), ("b", "x"), ("c", "y"))]
+        async for _ in sub.submit(tasks):
+            pass
+    emu.reconfigure(drop_rate=0.0)
+    _past_the_month(path)
+    emu.complete_all()
+    report = await _reconcile(path, emu, min_age_s=0)
+    got = _states(path)
+    # tasks_ready has no prompt: "x" names two lines, so neither is known; "y" names one.
+    assert [got[n].state for n in (1, 2, 3)] == ["unknown", "unknown", "created"]
+    assert got[3].task_id == next(t.id for t in emu.created if t.tag == "y")
+    assert report.found == 1
+
+
+async def test_the_fleets_throttles_are_used_when_given(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    _past_the_month(path)
+    emu.reconfigure(completion_delay_s=0.0)
+    emu.complete_all()
+
+    class Counting(LocalThrottle):
+        def __init__(self) -> None:
+            super().__init__(RateLimiter(rate=100, period_s=1.0), ConcurrencyGate(limit=1))
+            self.slots = 0
+
+        @contextlib.asynccontextmanager
+        async def slot(self) -> Any:
+            self.slots += 1
+            async with super().slot() as at:
+                yield at
+
+    id_list, ready = Counting(), Counting()
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _transport(emu) as t:
+            await reconcile(
+                ledger, t, min_age_s=0, id_list_throttle=id_list, tasks_ready_throttle=ready
+            )
+    finally:
+        ledger.close()
+    assert (id_list.slots, ready.slots) == (0, 1)  # past the month: no id_list window
+    assert _states(path)[1].state == "created"
+
+
+async def test_the_clock_is_asked_again_when_a_reply_has_no_date(
+    emu: Emulator, waits: Waits, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lost reply has no Date: ask again, at most three times, then take our clock.
+    emu.reconfigure(drop_rate=1.0)
+    t = _hooked(emu)
+    async with t:
+        before = datetime.now(UTC).timestamp()
+        now, source = await service_clock(t, 300.0)
+        after = datetime.now(UTC).timestamp()
+    assert t.counts["/v3/appendix/user_data"] == 3 and waits.asked == [2, 3]
+    assert before - 300.0 <= now <= after - 300.0
+    assert source == "the local clock less 300 s"
+    assert caplog.messages == [
+        "the service's reply had no Date header: taking our clock less 300 s as its now"
+    ]
+    # One lost reply, then an answer: the service's Date.
+    waits.asked.clear()
+    t = _hooked(emu, lambda call, n: emu.reconfigure(drop_rate=0.0))
+    async with t:
+        now, source = await service_clock(t, 300.0)
+    assert source == "the service's Date header" and waits.asked == [2]
+    assert t.counts["/v3/appendix/user_data"] == 2
+    assert abs(now - emu.now_unix) < 2
