@@ -248,6 +248,27 @@ def mutmut(work: Path, *args: str) -> str:
     ).stdout
 
 
+# ``mutmut show`` for many mutants in one process (one ``mutmut show`` each costs seconds).
+_SHOW = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name) for name in json.load(sys.stdin)}))
+"""
+
+
+def diffs(work: Path, names: list[str]) -> dict[str, str]:
+    run = subprocess.run(
+        [sys.executable, "-c", _SHOW],
+        cwd=work,
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown: dict[str, str] = json.loads(run.stdout)
+    return shown
+
+
 def changed_line(diff: str) -> str:
     lines = diff.splitlines()
     added = [line[1:].strip() for line in lines if line.startswith("+") and line[:3] != "+++"]
@@ -295,11 +316,11 @@ def measure(
         tail = output[-3000:]
         raise SystemExit(f"{target.module}: mutmut produced no mutants\n{tail}")
     survivors, timeouts = [], []
+    shown = diffs(work, [n for n, s in statuses.items() if s not in ("killed", "not checked")])
     for name, status in sorted(statuses.items()):
         if status == "killed" or status == "not checked":
             continue
-        diff = mutmut(work, "show", name)
-        diff = diff.split("\n", 1)[1] if diff.startswith("#") else diff
+        diff = shown[name]
         line = changed_line(diff)
         entry = {
             "name": name,
