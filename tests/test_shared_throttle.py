@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def _make(**kw: Any) -> RedisThrottle:
         ({"max_in_flight": True}, "max_in_flight must be at least 1, not True"),
         ({"lease_ttl_s": 0}, "lease_ttl_s, poll_s and cap_recovery_s must be positive"),
         ({"poll_s": -1}, "lease_ttl_s, poll_s and cap_recovery_s must be positive"),
+        ({"poll_s": 0}, "lease_ttl_s, poll_s and cap_recovery_s must be positive"),
         ({"cap_recovery_s": 0}, "lease_ttl_s, poll_s and cap_recovery_s must be positive"),
         ({"account_key": ""}, "account_key must be a non-empty word (see account_key())"),
         ({"account_key": "a{b"}, "account_key must be a non-empty word (see account_key())"),
@@ -135,6 +137,8 @@ def test_a_url_redis_cannot_read_is_refused_without_its_password() -> None:
     message = str(info.value)
     assert message.startswith("--limiter ftp://host/0: ") and "s3cret" not in message
     assert redacted("not a url") == "(not a URL)"
+    # A password may hold "://" itself: the scheme ends at the first one.
+    assert redacted("redis://user:pa://ss@host:6379/0") == "redis://host:6379/0"
     assert redacted("redis://host:6379/2") == "redis://host:6379/2"
     assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
     assert _make().name == "redis://127.0.0.1:1/0"
@@ -311,17 +315,24 @@ async def test_a_long_outage_is_reported_again_and_the_backoff_grows(
         # Every 0.3 s at most, and at least once in 1.2 s.
         assert 1 <= len(again) <= 4
         assert again[0].endswith(")") and "still pausing (ConnectionError" in again[0]
+        waited = float(again[0].removeprefix("limiter still unreachable after ").split(" s,")[0])
+        assert 0 <= waited < 5
         assert t._outage_tries >= 4
         redis_server.start()
         await asyncio.wait_for(waiting, 10)
         assert t._outage_tries == 0 and t.outages == 1
+        resumed = caplog.messages[-1]
+        assert re.fullmatch(r"limiter reachable again after \d+\.\d s, resuming", resumed)
+        assert float(resumed.split()[4]) < 10
         # A second outage is a new one, said again from the start.
         caplog.clear()
         redis_server.kill()
         waiting = asyncio.create_task(_enter(t))
         await asyncio.sleep(0.3)
         assert t.outages == 2
-        assert caplog.messages[0].startswith("limiter unreachable, pausing")
+        paused = caplog.messages[0]
+        assert paused.startswith("limiter unreachable, pausing (ConnectionError")
+        assert paused.endswith(f" at {t.name}): nothing is sent until it answers")
         redis_server.start()
         await asyncio.wait_for(waiting, 10)
 
@@ -362,9 +373,10 @@ async def test_a_release_redis_cannot_take_expires_by_itself(
             redis_server.kill()
             await asyncio.sleep(0.15)  # a renewal fails too
         messages = caplog.messages
-        assert any(m.startswith("could not renew a lease: ") for m in messages)
+        assert any(m.startswith("could not renew a lease: ConnectionError") for m in messages)
         assert any(
-            m.startswith("could not release a lease (it expires by itself): ") for m in messages
+            m.startswith("could not release a lease (it expires by itself): ConnectionError")
+            for m in messages
         )
         redis_server.start()
 
@@ -372,3 +384,130 @@ async def test_a_release_redis_cannot_take_expires_by_itself(
 async def _enter(t: RedisThrottle) -> float:
     async with t.slot() as at:
         return at
+
+
+def test_account_keys_are_the_same_in_every_process_and_version() -> None:
+    # Processes of one fleet, upgraded one at a time, must still name the same budget: the
+    # key of a login never changes (a keyed blake2b, 8 bytes, in hex).
+    assert account_key("login") == "5f55c04e58940177"
+    assert account_key("another") != account_key("login")
+    assert len(account_key("x")) == 16
+
+
+def test_a_direct_throttle_has_the_documented_defaults() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(URL)
+    t = RedisThrottle(client, rate=100, period_s=60.0, account_key="XY")
+    # 30 simultaneous requests per account; the task_post budget; messages say "redis".
+    assert (t.max_in_flight, t.function, t.name) == (30, "task_post", "redis")
+    assert t.keys[1] == "llmtasks:{XY}:task_post:log"
+
+
+def test_without_the_redis_client_the_limiter_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared, "aioredis", None)
+    with pytest.raises(ConfigError) as info:
+        _make()
+    assert str(info.value) == "--limiter needs the redis client: pip install 'llmtasks[redis]'"
+
+
+async def test_an_unreachable_limiter_is_named_with_the_reason(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    t = make_throttle(
+        f"redis://127.0.0.1:{port}/0",
+        rate=10,
+        period_s=1.0,
+        margin_s=None,
+        max_in_flight=5,
+        account_key="k",
+    )
+    with pytest.raises(ConfigError) as info:
+        await t.start()
+    await t.aclose()
+    assert str(info.value).startswith(
+        f"cannot reach the limiter at redis://127.0.0.1:{port}/0: ConnectionError: "
+    )
+
+
+async def test_processes_hold_separate_leases(redis_server) -> None:
+    # Each process names its leases apart: two processes' first calls are two calls.
+    async with _throttle(redis_server) as a, _throttle(redis_server) as b, a.slot(), b.slot():
+        assert await a._client.zcard(a.keys[0]) == 2
+
+
+async def test_a_restart_of_redis_between_calls_is_not_an_outage(
+    redis_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="llmtasks")
+    async with _throttle(redis_server, period_s=0.2) as t:
+        await _enter(t)
+        redis_server.kill()
+        redis_server.start()
+        # The pooled connection died with the old server: one quick retry, no pause.
+        await asyncio.wait_for(_enter(t), 10)
+        assert t.outages == 0 and caplog.messages == []
+
+
+async def test_waiting_for_a_slot_another_process_holds(redis_server) -> None:
+    # Only asking again can find another process's release: the wait is poll_s at a time.
+    async with (
+        _throttle(redis_server, max_in_flight=1, poll_s=0.02) as t,
+        _throttle(redis_server, max_in_flight=1) as other,
+    ):
+
+        async def hold() -> None:
+            async with other.slot():
+                await asyncio.sleep(0.3)
+
+        holding = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(_enter(t), 5)
+        await holding
+        assert t.refusals["in_flight"] >= 2  # every refusal counted
+
+
+async def test_a_second_cut_soon_after_the_first_cuts_from_where_the_first_left(
+    redis_server,
+) -> None:
+    async with _throttle(redis_server, rate=10, burst=10, period_s=30.0, max_in_flight=3) as t:
+        first = await t.admit("a")
+        assert await t.cut("rate", first.at_s)
+        second = await t.admit("b")
+        assert await t.cut("rate", second.at_s)
+        # Milliseconds after a cut to 0.5 the rate has barely recovered: halved again.
+        assert 0.25 <= float(await t._client.hget(t.keys[2], "cut_to")) < 0.26
+        assert await t.cut("cap", first.at_s)
+        third = await t.admit("c")
+        assert await t.cut("cap", third.at_s)
+        assert int(await t._client.hget(t.keys[2], "cap_to")) == 1  # 3 -> 2 -> 1
+
+
+async def test_outage_pauses_back_off_from_the_first_to_the_longest(
+    redis_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[float, float]] = []
+    nine = asyncio.Event()
+
+    class Draws:
+        @staticmethod
+        def uniform(a: float, b: float) -> float:
+            asked.append((a, b))
+            if len(asked) == 9:
+                nine.set()
+            return 0.001
+
+    monkeypatch.setattr(shared, "random", Draws)
+    async with _throttle(redis_server) as t:
+        redis_server.kill()
+        waiting = asyncio.create_task(_enter(t))
+        await asyncio.wait_for(nine.wait(), 10)
+        redis_server.start()
+        await asyncio.wait_for(waiting, 10)
+    first, longest = shared.OUTAGE_BACKOFF_S, shared.OUTAGE_MAX_BACKOFF_S
+    caps = [min(longest, first * 2**i) for i in range(9)]
+    # Drawn from the upper half of a range that doubles up to the longest.
+    assert asked[:9] == [(cap / 2, cap) for cap in caps]
