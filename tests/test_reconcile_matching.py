@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,7 @@ from llmtasks._reconcile import (
 )
 from llmtasks._submit import prompt_digest
 from llmtasks._throttle import LocalThrottle, RetryPolicy
-from llmtasks._transport import Reply, Transport
+from llmtasks._transport import Reply, Transport, classify
 from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
 
 URL = "https://api.dataforseo.com/v3/ai_optimization/{}/llm_responses/task_post"
@@ -197,9 +199,11 @@ def test_datetimes_are_in_id_lists_documented_format() -> None:
 def test_an_unsearchable_line_says_why_it_stays_unknown() -> None:
     now = 2_000_000_000.0
     reach = now - METADATA_REACH_S
-    old = _blind_reason(reach - 10.0, reach)
-    assert "keeps the tags of the last month only" in old and "--resend-unknown" in old
-    assert old.startswith(f"sent {_fmt(reach - 10.0)}: ")
+    assert _blind_reason(reach - 10.0, reach) == (
+        f"sent {_fmt(reach - 10.0)}: id_list keeps the tags of the last month only, so "
+        "reconcile cannot tell whether it was created; still unknown (resend it with "
+        "--resend-unknown only if paying twice is acceptable)"
+    )
     edge = _blind_reason(reach + DEFAULT_SKEW_S - 1.0, reach)
     assert "last month only" in edge
     future = _blind_reason(now + 60.0, reach)
@@ -382,6 +386,7 @@ async def test_a_line_past_the_month_is_still_found_in_tasks_ready(
     by_tag = {t.tag: t.id for t in emu.created}
     for r in got.values():
         assert r.task_id == by_tag[r.tag] and r.reason == "found in tasks_ready by reconcile"
+        assert (r.status_code, r.status_message) == (20100, "Task Created.")
     assert report.found == 2 and report.unsearchable == 0
 
 
@@ -493,7 +498,7 @@ async def test_id_list_is_retried_on_its_rate_limit_then_gives_up(
             db.execute("UPDATE lines SET state = 'unknown', task_id = NULL")
         before = len(emu.calls)
         async with _transport(emu) as t:
-            with pytest.raises(ServiceError, match="id_list kept failing"):
+            with pytest.raises(ServiceError, match=r"id_list kept failing \(Rate-limit"):
                 await reconcile(ledger, t, min_age_s=0, id_list_rate=6000)
     finally:
         ledger.close()
@@ -508,6 +513,7 @@ async def test_without_a_date_header_the_clock_is_ours_less_the_skew(emu: Emulat
             reply = await super().get(path)
             return reply._replace(server_time=None)
 
+    calls = len(emu.calls)
     async with NoDate(
         base_url=emu.base_url, login=DEFAULT_LOGIN, password=DEFAULT_PASSWORD, allow_insecure=True
     ) as t:
@@ -516,6 +522,7 @@ async def test_without_a_date_header_the_clock_is_ours_less_the_skew(emu: Emulat
         after = datetime.now(UTC).timestamp()
     assert before - 120.0 <= now <= after - 120.0
     assert source == "the local clock less 120 s"
+    assert len(emu.calls) == calls + 1  # an answer without a Date is not asked again
     async with _transport(emu, password="wrong") as t:
         with pytest.raises(AuthError):
             await service_clock(t, 120.0)
@@ -619,7 +626,8 @@ async def test_a_failed_id_list_is_asked_again(
     assert report.found == 2 and t.counts[ID_LIST_PATH] == 2
     assert report.calls == 3  # the clock, then id_list twice
     assert waits.asked == [2]  # the backoff of a second attempt
-    assert "id_list failed (HTTP 500" in caplog.text and "attempt 1" in caplog.text
+    (failed,) = [m for m in caplog.messages if "id_list failed" in m]
+    assert re.fullmatch(r"id_list failed \(HTTP 500[^)]*\), attempt 1", failed), failed
 
 
 async def test_an_id_list_the_service_refuses_as_a_task_is_asked_again_then_given_up(
@@ -694,7 +702,10 @@ async def test_a_tasks_ready_that_keeps_failing_leaves_the_lines_as_they_were(
     report = await _run_hooked(path, t)
     assert t.counts[TASKS_READY] == 6 and waits.asked == [1, 2, 3, 4, 5]
     assert report.found == 0 and report.unsearchable == 2
-    assert "tasks_ready not available for reconcile (HTTP 500" in caplog.text
+    failed = [m for m in caplog.messages if "tasks_ready" in m]
+    assert re.fullmatch(r"tasks_ready failed \(HTTP 500[^)]*\), attempt 1", failed[0])
+    assert failed[-1].startswith("tasks_ready not available for reconcile (HTTP 500")
+    assert failed[-1].endswith(")")
     assert {r.state for r in _states(path).values()} == {"unknown"}
 
 
@@ -779,3 +790,211 @@ async def test_the_clock_is_asked_again_when_a_reply_has_no_date(
     assert source == "the service's Date header" and waits.asked == [2]
     assert t.counts["/v3/appendix/user_data"] == 2
     assert abs(now - emu.now_unix) < 2
+
+
+def test_id_list_datetimes_are_utc_whatever_the_machines_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        ts = datetime(2026, 11, 25, 10, 0, 7, tzinfo=UTC).timestamp()
+        assert _fmt(ts) == "2026-11-25 10:00:07 +00:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+async def test_without_a_fleet_id_list_and_tasks_ready_keep_their_documented_limits(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmtasks._reconcile as rec
+
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    class Bucket(RateLimiter):
+        def __init__(self, **kw: Any) -> None:
+            made.append(("bucket", kw))
+            super().__init__(**kw)
+
+    class Gate(ConcurrencyGate):
+        def __init__(self, **kw: Any) -> None:
+            made.append(("gate", kw))
+            super().__init__(**kw)
+
+    monkeypatch.setattr(rec, "RateLimiter", Bucket)
+    monkeypatch.setattr(rec, "ConcurrencyGate", Gate)
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:  # so tasks_ready is asked
+        await _reconcile(path, empty, min_age_s=0)
+    # id_list: 10 calls a minute; tasks_ready: 20, one at a time, never in a burst.
+    assert made == [
+        ("bucket", {"rate": 10, "period_s": 60.0}),
+        ("gate", {"limit": 1}),
+        ("bucket", {"rate": 20, "period_s": 60.0, "burst": 1}),
+        ("gate", {"limit": 1}),
+    ]
+    # A limit set below what a bucket can hold is held at 2 a minute.
+    made.clear()
+    path = tmp_path / "two.sqlite"
+    await _lost_replies(emu, path, ["c"])
+    async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:
+        await _reconcile(path, empty, min_age_s=0, id_list_rate=1, tasks_ready_rate=1)
+    assert [kw["rate"] for what, kw in made if what == "bucket"] == [2, 2]
+
+
+async def test_throttles_learn_of_each_reply_with_its_admission_time(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+
+    class Watching(LocalThrottle):
+        def __init__(self) -> None:
+            super().__init__(RateLimiter(rate=100, period_s=1.0), ConcurrencyGate(limit=1))
+            self.admitted: list[float] = []
+            self.told: list[tuple[int | None, float]] = []
+
+        @contextlib.asynccontextmanager
+        async def slot(self) -> Any:
+            async with super().slot() as at:
+                self.admitted.append(at)
+                yield at
+
+        def react(self, reply: Reply, admitted_at: float) -> None:
+            self.told.append((reply.status_code, admitted_at))
+            super().react(reply, admitted_at)
+
+    emu.reconfigure(id_list_rate=1, tasks_ready_rate=1)
+    emu.complete_all()
+    async with Emulator(EmulatorConfig(id_list_rate=1, tasks_ready_rate=1)) as other:
+        id_list, ready = Watching(), Watching()
+        ledger = Ledger.open_existing(path)
+        try:
+            async with _transport(other) as t:
+                # Use up both budgets: every call reconcile makes gets a 40202.
+                await t.post(ID_LIST_PATH, b"[]")
+                await t.get(TASKS_READY)
+                with pytest.raises(ServiceError):
+                    await reconcile(
+                        ledger,
+                        t,
+                        min_age_s=0,
+                        id_list_throttle=id_list,
+                        tasks_ready_throttle=ready,
+                    )
+        finally:
+            ledger.close()
+    assert id_list.told == [(40202, at) for at in id_list.admitted]
+    assert len(id_list.told) == 6
+
+
+def _crafted(emu: Emulator, answers: dict[str, bytes]) -> Transport:
+    """The real transport, except that a call to one of ``answers``' paths gets those bytes
+    back (HTTP 200), as if the service had sent them."""
+
+    class Crafted(Transport):
+        async def get(self, path: str) -> Reply:
+            if path in answers:
+                return classify(200, answers[path])
+            return await super().get(path)
+
+        async def post(self, path: str, body: bytes) -> Reply:
+            if path in answers:
+                return classify(200, answers[path])
+            return await super().post(path, body)
+
+    return Crafted(
+        base_url=emu.base_url, login=DEFAULT_LOGIN, password=DEFAULT_PASSWORD, allow_insecure=True
+    )
+
+
+async def test_an_id_list_answer_without_its_task_is_asked_again_then_given_up(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    empty = b'{"status_code": 20000, "status_message": "Ok.", "tasks": []}'
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _crafted(emu, {ID_LIST_PATH: empty}) as t:
+            with pytest.raises(ServiceError) as info:
+                await reconcile(ledger, t, min_age_s=0, id_list_rate=6000)
+    finally:
+        ledger.close()
+    assert str(info.value) == (
+        "id_list kept failing (no task); nothing was changed, try again later"
+    )
+    assert len(waits.asked) == 6
+
+
+async def test_malformed_tasks_ready_items_are_skipped(emu: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    _past_the_month(path)
+    (line,) = _states(path).values()
+    items = [
+        1,
+        "x",
+        {"id": "no-tag"},
+        {"id": "bad", "tag": [line.tag]},
+        {"id": "ok", "tag": line.tag},
+    ]
+    body = orjson.dumps(
+        {
+            "status_code": 20000,
+            "status_message": "Ok.",
+            "tasks": [{"id": "t", "status_code": 20000, "status_message": "Ok.", "result": items}],
+        }
+    )
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _crafted(emu, {TASKS_READY: body}) as t:
+            report = await reconcile(ledger, t, min_age_s=0)
+    finally:
+        ledger.close()
+    assert report.found == 1 and _states(path)[1].task_id == "ok"
+
+
+async def test_a_tasks_ready_refusing_the_credentials_is_not_asked_again(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    _past_the_month(path)
+
+    def refuse(call: str, n: int) -> None:
+        emu.reconfigure(spurious_401_rate=1.0)  # after the clock
+
+    t = _hooked(emu, refuse)
+    report = await _run_hooked(path, t)
+    assert t.counts[TASKS_READY] == 1 and waits.asked == []
+    assert report.found == 0 and _states(path)[1].state == "unknown"
+
+
+async def test_reconcile_takes_our_clock_less_the_skew_without_a_date(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+
+    class NoDate(Transport):
+        async def get(self, path: str) -> Reply:
+            return (await super().get(path))._replace(server_time=None)
+
+        async def post(self, path: str, body: bytes) -> Reply:
+            return (await super().post(path, body))._replace(server_time=None)
+
+    ledger = Ledger.open_existing(path)
+    try:
+        async with NoDate(
+            base_url=emu.base_url,
+            login=DEFAULT_LOGIN,
+            password=DEFAULT_PASSWORD,
+            allow_insecure=True,
+        ) as t:
+            report = await reconcile(ledger, t, min_age_s=0, skew_s=600.0)
+    finally:
+        ledger.close()
+    assert report.clock == "the local clock less 600 s"
