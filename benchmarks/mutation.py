@@ -284,6 +284,64 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for line in ('what = "XXcapXX"', 'what = "CAP"')
     },
+    **{
+        ("llmtasks._reconcile.x__match", line): (
+            "an item without a url matches no engine whatever stands in for it: str(None), "
+            "'' and 'XXXX' contain no '/chat_gpt/'"
+        )
+        for line in (
+            'if f"/{engine}/" not in str(item.get("url", )):',
+            'if f"/{engine}/" not in str(item.get("url", "XXXX")):',
+            'if f"/{engine}/" not in str(item.get("url", None)):',
+        )
+    },
+    ("llmtasks._reconcile.x__tasks_ready", "for attempt in range(1, retry.max_attempts + 2):"): (
+        "the loop ends at max_attempts all the same: the last attempt is never retried"
+    ),
+    **{
+        ("llmtasks._reconcile.x__tasks_ready", line): (
+            "auth_glitches is read only after successes > 0, and tasks_ready passes 0"
+        )
+        for line in (
+            "reply, successes=0, auth_glitches=None, idempotent=True",
+            "reply, successes=0, auth_glitches=1, idempotent=True",
+        )
+    },
+    **{
+        ("llmtasks._reconcile.x_reconcile", line): (
+            "every unknown line's batch has a sent_at (a NOT NULL column): the default is "
+            "never taken"
+        )
+        for line in (
+            "ripe = [u for u in unknown if now - sent_at.get(u[3], None) >= min_age_s]",
+            "ripe = [u for u in unknown if now - sent_at.get(u[3], ) >= min_age_s]",
+        )
+    },
+    **{
+        ("llmtasks._reconcile.x_reconcile", line): (
+            "differs only when two float times are exactly equal (a line exactly min_age_s "
+            "old, a window starting exactly at the reach or the service's now)"
+        )
+        for line in (
+            "ripe = [u for u in unknown if now - sent_at.get(u[3], now) > min_age_s]",
+            "searchable = {b for b in {u[3] for u in ripe} if reach < sent_at[b] - skew_s <= "
+            "service_now}",
+            "searchable = {b for b in {u[3] for u in ripe} if reach <= sent_at[b] - skew_s < "
+            "service_now}",
+        )
+    },
+    ("llmtasks._reconcile.x_reconcile", "report.calls = 1"): (
+        "the count is 0 there: setting it to 1 and adding 1 are the same"
+    ),
+    **{
+        ("llmtasks._reconcile.x_service_clock", line): (
+            "the loop leaves at the third attempt whatever its range, as long as it has three"
+        )
+        for line in (
+            "for attempt in range(1, _MAX_TRIES - 1):",
+            "for attempt in range(1, _MAX_TRIES + 2):",
+        )
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
