@@ -5,16 +5,18 @@ then passes the ``_gate`` (auth, concurrency, per-function rate windows, faults)
 handler: ``_task_post`` (creating tasks), ``_task_queries`` (tasks_ready, task_get, id_list)
 or ``_account`` (user_data, models). ``/_emulator/*`` routes (``_inspect``) skip the gate.
 What they all share is one ``_state.Service``; postbacks and pingbacks are sent by a
-``_postback.PushSender``.
+``_postback.PushSender``. The socket is served by the receiver's ``_inbound.Listener``: a cap
+on open connections and a time limit on each request, since people run this server too.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
+from llmtasks._inbound import Listener
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._account import Account
 from llmtasks.emulator._config import EmulatorConfig
@@ -26,18 +28,41 @@ from llmtasks.emulator._state import CallRecord, CreatedTask, Service
 from llmtasks.emulator._task_post import TaskPost
 from llmtasks.emulator._task_queries import TaskQueries
 
+# Far above what a fleet of clients opens (each keeps at most 30 connections), far below a
+# process's usual 1024 file descriptors.
+DEFAULT_MAX_CONNECTIONS: Final = 512
+# Longer than any answer takes (``latency_ms`` included) and than aiohttp's client keeps an
+# idle connection (15 s), so only a stalled or abandoned connection is ever cut.
+DEFAULT_REQUEST_TIMEOUT_S: Final = 60.0
+# aiohttp's server default: an idle client connection is never closed under a client's feet.
+_KEEPALIVE_S: Final = 75.0
+
 
 class Emulator:
-    """A local DataForSEO LLM Responses service. Use ``async with`` or ``start``/``close``."""
+    """A local DataForSEO LLM Responses service. Use ``async with`` or ``start``/``close``.
+
+    At most ``max_connections`` are open at once (the next get 503 and are closed); a
+    connection busy with one request, or idle, for longer than ``request_timeout_s`` is cut.
+    """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if not request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be > 0")
         self._service = Service(config if config is not None else EmulatorConfig())
         self._store = self._service.store
         self._host = host
         self._port = port
-        self._runner: web.AppRunner | None = None
+        self._started = False
         self._gate = Gate(self._service)
         self._queries = TaskQueries(self._service)
         self._push = PushSender(
@@ -47,6 +72,15 @@ class Emulator:
             release=lambda index: self._store.release(index, time.monotonic()),
         )
         self.app = self._make_app()
+        # Bodies are inflated by _guard, within bounds; the Listener turns aiohttp's off.
+        self._listener = Listener(
+            self.app,
+            host=host,
+            port=port,
+            max_connections=max_connections,
+            timeout_s=request_timeout_s,
+            keepalive_s=_KEEPALIVE_S,
+        )
 
     # ---- public surface -------------------------------------------------------------------
 
@@ -114,28 +148,28 @@ class Emulator:
         self._store.complete_all()
         self._push.rescheduled()
 
+    @property
+    def connections_turned_away(self) -> int:
+        """Connections refused with 503 because ``max_connections`` were open."""
+        return self._listener.turned_away
+
+    @property
+    def connections_cut_off(self) -> int:
+        """Connections cut because one request (or idling) took over ``request_timeout_s``."""
+        return self._listener.cut_off
+
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._started:
             return
-        # Bodies are inflated by _guard, within bounds; aiohttp's own inflating is not.
-        runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        await self._listener.start()
+        self._started = True
+        self._port = self._listener.port
 
     async def close(self) -> None:
         await self._push.close()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        if self._started:
+            self._started = False
+            await self._listener.close()
 
     async def __aenter__(self) -> Emulator:
         await self.start()
