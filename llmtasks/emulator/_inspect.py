@@ -7,18 +7,43 @@ auth and count against no limit: they are not part of the emulated service.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 from aiohttp import web
 
 from llmtasks.emulator import _wire as w
-
-if TYPE_CHECKING:
-    from llmtasks.emulator._server import Emulator
+from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._postback import Delivery
+from llmtasks.emulator._state import CallRecord, CreatedTask
 
 _ANY: Final = msgspec.json.Decoder()
 _ENCODE: Final = w.encoder.encode
+
+
+class Inspected(Protocol):
+    """What the endpoints read and change: the ``Emulator``'s public surface."""
+
+    @property
+    def created(self) -> list[CreatedTask]: ...
+    @property
+    def calls(self) -> list[CallRecord]: ...
+    @property
+    def deliveries(self) -> list[Delivery]: ...
+    @property
+    def tasks_created(self) -> int: ...
+    @property
+    def calls_count(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def balance_usd(self) -> float | None: ...
+    @property
+    def spent_usd(self) -> float: ...
+    @property
+    def config(self) -> EmulatorConfig: ...
+    def reconfigure(self, **changes: Any) -> EmulatorConfig: ...
+    def complete_all(self) -> None: ...
 
 
 def _offset(request: web.Request) -> int:
@@ -35,7 +60,7 @@ def _json(value: object) -> web.Response:
 class Inspection:
     """The inspection and test-control endpoints of one ``Emulator``."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Inspected) -> None:
         self._emu = emulator
 
     async def created(self, request: web.Request) -> web.Response:
