@@ -34,7 +34,8 @@ DEFAULT_MAX_CONNECTIONS: Final = 512
 # Longer than any answer takes (``latency_ms`` included) and than aiohttp's client keeps an
 # idle connection (15 s), so only a stalled or abandoned connection is ever cut.
 DEFAULT_REQUEST_TIMEOUT_S: Final = 60.0
-# aiohttp's server default: an idle client connection is never closed under a client's feet.
+# Not the receiver's 5 s: an idle connection is closed only by the request timeout, long
+# after aiohttp's client drops its own (15 s), so none is closed under a client's feet.
 _KEEPALIVE_S: Final = 75.0
 
 
