@@ -34,15 +34,16 @@ from llmtasks._account import (
     AccountUnavailable,
     read_account,
 )
+from llmtasks._decode import InputLine, decode_user_task
 from llmtasks._errors import (
     ConfigError,
     FundsError,
     InputError,
     LlmtasksError,
 )
-from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger, pack_lines
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
+from llmtasks._lines import record_digest
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
