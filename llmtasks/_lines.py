@@ -1,4 +1,4 @@
-"""Physical lines of an input: opening a file or stdin, splitting on b"\n", the BOM, and
+"""Physical lines of an input: opening a file or stdin, splitting on b"\\n", the BOM, and
 lines longer than the limit hashed and dropped chunk by chunk (memory stays flat).
 
 Every format (``_input``, ``_input_csv``) reads through ``physical_lines``.
@@ -28,6 +28,7 @@ def record_digest(raw: bytes) -> bytes:
 
 
 def open_source(source: str, name: str) -> tuple[BinaryIO, bool]:
+    """(the byte stream of ``source``, whether the caller must close it). Raises InputError."""
     if source == STDIN:
         stdin = sys.stdin
         if stdin is None:
@@ -36,7 +37,7 @@ def open_source(source: str, name: str) -> tuple[BinaryIO, bool]:
         buffer: BinaryIO = getattr(stdin, "buffer", None) or stdin  # type: ignore[assignment]
         return buffer, False
     try:
-        # Closed by the generator's finally, which is why this is not a with block.
+        # Closed by the reader's finally (``_input._generate``): not a with block.
         return open(source, "rb", buffering=_BUFFER_BYTES), True
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
