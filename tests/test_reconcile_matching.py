@@ -888,6 +888,19 @@ async def test_throttles_learn_of_each_reply_with_its_admission_time(
             ledger.close()
     assert id_list.told == [(40202, at) for at in id_list.admitted]
     assert len(id_list.told) == 6
+    # Past the month only tasks_ready is asked: its throttle learns of its replies.
+    _past_the_month(path)
+    async with Emulator(EmulatorConfig(tasks_ready_rate=1)) as other:
+        ready = Watching()
+        ledger = Ledger.open_existing(path)
+        try:
+            async with _transport(other) as t:
+                await t.get(TASKS_READY)
+                await reconcile(ledger, t, min_age_s=0, tasks_ready_throttle=ready)
+        finally:
+            ledger.close()
+    assert ready.told == [(40202, at) for at in ready.admitted]
+    assert len(ready.told) == 6
 
 
 def _crafted(emu: Emulator, answers: dict[str, bytes]) -> Transport:
