@@ -64,6 +64,10 @@ TARGETS: tuple[Target, ...] = (
         needs="redis-server",
     ),
     Target("llmtasks/_transport.py", ("tests/test_transport.py",)),
+    # The reply classification and the one retry loop, once split out of _submit.py (issue
+    # 14): skipped, and listed as not in the tree, until they are.
+    Target("llmtasks/_replies.py", ("tests/test_replies.py",)),
+    Target("llmtasks/_client.py", ("tests/test_client.py", "tests/test_throttle.py")),
     Target("llmtasks/_submit.py", ("tests/test_submit_lib.py", "tests/test_collect.py")),
     Target(
         "llmtasks/_ledger.py",
@@ -558,6 +562,9 @@ def render() -> str:
     details: list[str] = []
     for target in TARGETS:
         path = result_path(target.module)
+        if not (ROOT / target.module).exists():
+            out.append(f"| `{target.module}` | not in this tree | | | | | | | |")
+            continue
         if not path.exists():
             out.append(f"| `{target.module}` | not measured yet | | | | | | | |")
             continue
@@ -636,6 +643,9 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         for target in TARGETS:
             if args.module and target.module not in args.module:
+                continue
+            if not (ROOT / target.module).exists():
+                print(f"{target.module}: not in this tree, skipped", flush=True)
                 continue
             print(f"{target.module}: mutating ...", flush=True)
             r = measure(target, args.max_children, fresh=args.fresh, run_mutmut=not args.no_run)
