@@ -1,7 +1,7 @@
 """Mutation testing of the safety core with mutmut, one module at a time.
 
     pip install -e '.[test,mutation]'
-    python benchmarks/mutation.py                                  # every safety-core module
+    python benchmarks/mutation.py --fresh                          # every safety-core module
     python benchmarks/mutation.py --module llmtasks/_ratelimit.py  # one (repeatable)
     python benchmarks/mutation.py --render                         # only rewrite the doc
 
@@ -13,6 +13,9 @@ surviving mutant (with its diff) go to ``benchmarks/results/mutation-<module>.js
 the commit measured and whether the worktree was dirty; ``docs/testing.md`` is regenerated
 from all those files. A survivor is either killed by a sharper test or listed in
 ``EQUIVALENT`` below with the reason no test can tell it from the original.
+
+Record numbers from ``--fresh`` runs: mutmut maps functions to tests when the scratch copy
+is made, so a test added since may not be run against older functions' mutants.
 
 Slow (minutes per module) and CPU-bound: not part of CI. ``--max-children`` (default 2)
 caps the parallel test processes.
