@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Final, Literal
 
 import msgspec
 
-from llmtasks._errors import ConfigError, InputError
+from llmtasks._errors import ConfigError, InputError, LlmtasksError
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
     StrictTask,
@@ -698,8 +698,9 @@ _TRUE: Final = frozenset({"true", "1"})
 _FALSE: Final = frozenset({"false", "0"})
 
 
-class _RecordTooLong(Exception):
-    pass
+class _RecordTooLong(LlmtasksError):
+    """Control flow inside the CSV reader (the record becomes a reject); an ``LlmtasksError``
+    like every exception of the package."""
 
 
 class _CsvSource:

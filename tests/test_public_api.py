@@ -1,0 +1,148 @@
+"""The public surface: what ``llmtasks`` exports, that every exception of the package is an
+``LlmtasksError``, and that the docs teach only public names."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import llmtasks
+from llmtasks import LlmtasksError
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a user of the documented workflows writes in code (docs/python-api.md): a name is
+# public only when one of them needs it. Changing this list is changing the public API:
+# say so in CHANGELOG.md.
+PUBLIC = {
+    "AuthError",
+    "ChainMessage",
+    "ConfigError",
+    "FundsError",
+    "InputError",
+    "LlmtasksError",
+    "Receipt",
+    "Receiver",
+    "Result",
+    "ServiceError",
+    "Submitter",
+    "Task",
+    "__version__",
+    "collect",
+    "read_lines",
+    "shared_throttle",
+}
+
+
+def _modules() -> list[str]:
+    names = ["llmtasks"]
+    for info in pkgutil.walk_packages(llmtasks.__path__, "llmtasks."):
+        if not info.name.endswith(".__main__"):  # importing it runs the CLI
+            names.append(info.name)
+    return names
+
+
+def test_all_is_explicit_sorted_and_exactly_the_public_names() -> None:
+    assert llmtasks.__all__ == sorted(llmtasks.__all__)
+    assert len(set(llmtasks.__all__)) == len(llmtasks.__all__)
+    assert set(llmtasks.__all__) == PUBLIC
+    for name in llmtasks.__all__:
+        assert getattr(llmtasks, name) is not None, name
+
+
+def test_star_import_gives_the_public_names_and_nothing_else() -> None:
+    namespace: dict[str, object] = {}
+    exec("from llmtasks import *", namespace)
+    assert set(namespace) - {"__builtins__"} == PUBLIC
+
+
+def test_nothing_public_lives_only_in_a_private_module_without_a_public_name() -> None:
+    """Each public object is the one its private module defines: no wrapper, no copy."""
+    for name in llmtasks.__all__:
+        obj = getattr(llmtasks, name)
+        module = getattr(obj, "__module__", None)
+        if module is None:  # __version__
+            continue
+        assert module.startswith("llmtasks._"), (name, module)
+        assert getattr(importlib.import_module(module), name) is obj
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    """Every exception class a module of the package defines, the emulator included."""
+    found: dict[str, type[BaseException]] = {}
+    for modname in _modules():
+        for name, obj in vars(importlib.import_module(modname)).items():
+            is_exception = inspect.isclass(obj) and issubclass(obj, BaseException)
+            if is_exception and obj.__module__ == modname:
+                found[f"{modname}.{name}"] = obj
+    return found
+
+
+def test_every_exception_class_of_the_package_is_an_llmtasks_error() -> None:
+    """One hierarchy: ``except LlmtasksError`` catches anything the package raises of its own.
+    Classes are found by walking every module, so a new one is checked without being listed."""
+    found = _exception_classes()
+    assert "llmtasks._errors.TaskRuleError" in found  # the walk saw the package
+    assert "llmtasks._inbound.Refused" in found
+    outside = sorted(n for n, cls in found.items() if not issubclass(cls, LlmtasksError))
+    assert outside == []
+
+
+def test_the_walk_sees_every_exception_class_in_the_source() -> None:
+    """The walk imports modules and sees their top level; a class defined elsewhere (in a
+    function body) would escape it. Read the source for ``class X(...Error|...Exception)``."""
+    walked = {qualified.rsplit(".", 1)[1] for qualified in _exception_classes()}
+    in_source: set[str] = set()
+    for path in (ROOT / "llmtasks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(b).endswith(("Error", "Exception")) for b in node.bases
+            ):
+                in_source.add(node.name)
+    assert {"LlmtasksError", "TaskRuleError", "Refused"} <= in_source
+    assert in_source - walked == set()
+
+
+def test_errors_stay_catchable_as_before() -> None:
+    from llmtasks._errors import TaskRuleError
+
+    assert issubclass(TaskRuleError, ValueError)
+    for cls in (llmtasks.AuthError, llmtasks.ConfigError, llmtasks.InputError):
+        assert cls.exit_code == 2
+    assert llmtasks.FundsError.exit_code == 3
+    assert llmtasks.ServiceError.exit_code == 4
+
+
+def _doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("doc", _doc_files(), ids=lambda p: p.name)
+def test_docs_import_only_public_names(doc: Path) -> None:
+    """What the docs teach is what ``__all__`` promises: no ``llmtasks._x`` in a code block
+    or in the text, and every name a block imports from ``llmtasks`` is public."""
+    text = doc.read_text()
+    blocks = _code_blocks(text)
+    for block in blocks:
+        assert not re.search(r"\bllmtasks\._(?!_)", block), f"{doc.name}: {block}"
+        for names in re.findall(r"from llmtasks import \(?([^)\n]*)", block):
+            for name in (n.strip().split(" as ")[0] for n in names.split(",")):
+                assert not name or name in PUBLIC, f"{doc.name}: {name}"
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    if doc.name != "testing.md":  # mutation results name the mutants of private functions
+        assert not re.findall(r"\bllmtasks\._(?!_)\w+", prose), doc.name
+
+
+def test_the_python_api_doc_describes_every_public_name() -> None:
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    for name in PUBLIC - {"__version__"}:
+        assert f"`{name}" in text, name
