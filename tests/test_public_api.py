@@ -6,14 +6,18 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import llmtasks
 from llmtasks import LlmtasksError
+from tests.conftest import RedisServer, require, require_module
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a user of the documented workflows writes in code (docs/python-api.md): a name is
@@ -146,3 +150,74 @@ def test_the_python_api_doc_describes_every_public_name() -> None:
     text = (ROOT / "docs" / "python-api.md").read_text()
     for name in PUBLIC - {"__version__"}:
         assert f"`{name}" in text, name
+
+
+def _python_blocks(doc: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)
+
+
+def _run(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "example.py"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAFORSEO_", "LLMTASKS_"))}
+    return subprocess.run(
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_python_api_example_runs_as_it_is(tmp_path: Path) -> None:
+    """docs/python-api.md says its first example "runs as it is": it does, with the public
+    names only."""
+    result = _run(_python_blocks("python-api.md")[0], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert [line.split()[:3] for line in out[:4]] == [
+        ["submitted", str(n), "created"] for n in (1, 2, 3, 4)
+    ]
+    results = [line for line in out if line.startswith("result ")]
+    assert sorted(int(line.split()[1]) for line in results) == [1, 2, 3, 4]
+    assert all(line.split()[2] == "20000" for line in results)
+
+
+def test_the_documented_fleet_example_shares_the_limit_in_redis(tmp_path: Path) -> None:
+    """The shared_throttle block of docs/python-api.md, run against an emulator and a
+    loopback Redis (the block's own URL and base URL swapped for theirs): its submit and
+    collect take their tokens from Redis, one budget per function."""
+    require("redis-server")
+    require_module("redis")
+    [block] = [b for b in _python_blocks("python-api.md") if "shared_throttle(" in b]
+    redis = RedisServer(tmp_path)
+    try:
+        body = block.replace("redis://127.0.0.1:6379/0", redis.url)
+        body = body.replace("password=password,", "password=password, base_url=emu.base_url,")
+        body = body.replace("            ...\n", "            print(receipt.line, receipt.state)\n")
+        body = body.replace("        ...\n", "        print(result.line, result.status_code)\n")
+        script = (
+            "import asyncio\n"
+            "from llmtasks.emulator import Emulator, EmulatorConfig\n\n"
+            "async def main() -> None:\n"
+            "    login, password = 'login', 'password'\n"
+            "    tasks = [{'user_prompt': f'q{i}', 'model_name': 'gpt-4o'} for i in range(3)]\n"
+            "    async with Emulator(EmulatorConfig(completion_delay_s=0.2)) as emu:\n"
+            + "".join(f"        {line}\n" if line else "\n" for line in body.splitlines())
+            + "\nasyncio.run(main())\n"
+        )
+        result = _run(script, tmp_path)
+        assert result.returncode == 0, f"{script}\n{result.stderr}"
+        out = result.stdout.splitlines()
+        assert sorted(out[:3]) == ["1 created", "2 created", "3 created"], result.stdout
+        assert sorted(out[3:]) == ["1 20000", "2 20000", "3 20000"], result.stdout
+
+        import redis as redis_client
+
+        with redis_client.Redis.from_url(redis.url) as db:
+            logs = {key.decode() for key in db.keys("llmtasks:*:log")}
+            used = {log.split(":")[-2] for log in logs if db.zcard(log) > 0}
+        assert {"task_post", "task_get", "tasks_ready"} <= used, logs
+    finally:
+        redis.stop()
