@@ -65,7 +65,7 @@ def test_star_import_gives_the_public_names_and_nothing_else() -> None:
     assert set(namespace) - {"__builtins__"} == PUBLIC
 
 
-def test_nothing_public_lives_only_in_a_private_module_without_a_public_name() -> None:
+def test_each_public_name_is_the_object_its_private_module_defines() -> None:
     """Each public object is the one its private module defines: no wrapper, no copy."""
     for name in llmtasks.__all__:
         obj = getattr(llmtasks, name)
