@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from llmtasks import ConfigError, FundsError, InputError, Ledger, Receipt, Submitter
+from llmtasks import ConfigError, FundsError, InputError, Receipt, Submitter
+from llmtasks._ledger import Ledger
 from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
 
 

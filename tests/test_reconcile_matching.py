@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 import pytest
 
-from llmtasks import AuthError, Ledger, Receipt, ServiceError, Submitter
+from llmtasks import AuthError, Receipt, ServiceError, Submitter
+from llmtasks._ledger import Ledger
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._reconcile import (
     DEFAULT_SKEW_S,
