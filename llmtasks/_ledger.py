@@ -9,7 +9,6 @@ commit well under a millisecond.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
@@ -21,14 +20,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO
 
+import msgspec
+
 from llmtasks._errors import ConfigError, InputError
-from llmtasks._ledger_writer import LedgerWriter
+from llmtasks._ledger_writer import LedgerWriter, pack_lines, unpack_lines
 from llmtasks._receipt import Receipt, State
 from llmtasks._task import ENGINES
 
-#: 2: ``engine`` columns, one row per (line, engine) (1: one engine per ledger, migrated
-#: when opened).
-SCHEMA_VERSION: Final = 2
+#: 3: lines are written once, at their outcome; a batch in flight keeps its lines' digests
+#: and tags in its write-ahead row (``batches.write_ahead``). 2: ``engine`` columns, one row
+#: per (line, engine). 1: one engine per ledger. Older ledgers are migrated when opened.
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS batches (
     attempts INTEGER NOT NULL DEFAULT 0,
     note TEXT,
     lines BLOB,
-    engine TEXT NOT NULL
+    engine TEXT NOT NULL,
+    write_ahead BLOB
 );
 CREATE TABLE IF NOT EXISTS lines (
     line INTEGER NOT NULL,
@@ -196,27 +199,44 @@ class Ledger:
         return view
 
     def _migrate(self) -> None:
-        """A ledger written before fan-out has no ``engine`` columns: every row is the
-        ledger's one engine's (adding a column with a default rewrites nothing)."""
-        for table in ("lines", "batches"):
-            cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if "engine" in cols:
+        """Bring an older ledger to this schema (adding a column rewrites nothing).
+
+        Before 2 there were no ``engine`` columns: every row is the ledger's one engine's.
+        Before 3 there was no ``batches.write_ahead``: the lines of a batch in flight were
+        rows already, in state ``pending``, which ``recover_interrupted`` still reads."""
+        schema = int(self._meta_value("schema") or 1)
+        if schema > SCHEMA_VERSION:
+            raise ConfigError(
+                f"ledger {self.path} was written by a newer llmtasks (ledger schema {schema}, "
+                f"this version reads up to {SCHEMA_VERSION}): upgrade llmtasks"
+            )
+        # The engine is one of ENGINES (checked above): safe in the statement.
+        for table, column, decl in (
+            ("lines", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),
+            ("batches", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),
+            ("batches", "write_ahead", "BLOB"),
+        ):
+            if self._has_column(table, column):
                 continue
             try:
                 with _tx(self._db):
-                    # The engine is one of ENGINES (checked above): safe in the statement.
-                    self._db.execute(
-                        f"ALTER TABLE {table} ADD COLUMN engine TEXT NOT NULL "
-                        f"DEFAULT '{self.engines[0]}'"
-                    )
-                    self._db.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
-                    )
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             except sqlite3.OperationalError:
                 # Another process opening the same old ledger added it first.
-                cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if "engine" not in cols:
+                if not self._has_column(table, column):
                     raise
+        if schema < SCHEMA_VERSION:
+            with _tx(self._db):
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                )
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
+
+    def _meta_value(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> Ledger:
@@ -310,27 +330,71 @@ class Ledger:
 
     def recover_interrupted(self) -> int:
         """Batches left ``sending`` by a process that died: their POST may have created tasks,
-        so their lines become ``unknown`` (never resent without reconcile)."""
+        so their lines become ``unknown`` (never resent without reconcile), written from the
+        batch's write-ahead row."""
+        reason = "interrupted while sending"
         with _tx(self._db):
-            batches = self._db.execute(
-                "SELECT batch_id, lines FROM batches WHERE state = 'sending' AND engine = ?",
-                (self.engine,),
-            ).fetchall()
             n = 0
-            for batch_id, packed in batches:
-                cur = self._db.executemany(
-                    "UPDATE lines SET state = 'unknown', batch_id = ?, "
-                    "reason = 'interrupted while sending' WHERE line = ? AND engine = ? "
-                    "AND state = 'pending'",
-                    [(batch_id, line, self.engine) for line in _unpack(packed)],
-                )
+            for line in self._in_flight():
+                if line.digest is None:
+                    # Written ahead before schema 3: the line is a ``pending`` row already.
+                    cur = self._db.execute(
+                        "UPDATE lines SET state = 'unknown', batch_id = ?, reason = ? "
+                        "WHERE line = ? AND engine = ? AND state = 'pending'",
+                        (line.batch_id, reason, line.line, self.engine),
+                    )
+                else:
+                    # A row left ``pending`` by an earlier run that stopped, or none yet.
+                    cur = self._db.execute(
+                        "INSERT INTO lines (line, engine, digest, state, tag, prompt_digest, "
+                        "batch_id, reason) VALUES (?, ?, ?, 'unknown', ?, ?, ?, ?) "
+                        "ON CONFLICT (line, engine) DO UPDATE SET state = 'unknown', "
+                        "tag = excluded.tag, batch_id = excluded.batch_id, "
+                        "reason = excluded.reason, "
+                        "prompt_digest = COALESCE(excluded.prompt_digest, prompt_digest) "
+                        "WHERE state = 'pending'",
+                        (
+                            line.line,
+                            self.engine,
+                            line.digest,
+                            line.tag,
+                            line.prompt_digest,
+                            line.batch_id,
+                            reason,
+                        ),
+                    )
                 n += cur.rowcount
             self._db.execute(
-                "UPDATE batches SET state = 'unknown', note = 'interrupted while sending' "
-                "WHERE state = 'sending' AND engine = ?",
-                (self.engine,),
+                "UPDATE batches SET state = 'unknown', note = ? WHERE state = 'sending' "
+                "AND engine = ?",
+                (reason, self.engine),
             )
         return n
+
+    def in_flight(self) -> list[InFlightLine]:
+        """The lines of this engine's batches written ahead as ``sending`` and not recorded
+        since: calls in flight now, or cut off by a process that died."""
+        with self._db_lock:
+            return self._in_flight()
+
+    def _in_flight(self) -> list[InFlightLine]:
+        out: list[InFlightLine] = []
+        for batch_id, packed, write_ahead in self._db.execute(
+            "SELECT batch_id, lines, write_ahead FROM batches WHERE state = 'sending' "
+            "AND engine = ? ORDER BY batch_id",
+            (self.engine,),
+        ).fetchall():
+            lines = unpack_lines(packed)
+            if write_ahead is None:
+                out += [InFlightLine(line, batch_id) for line in lines]
+                continue
+            digests, user = _decode_write_ahead(write_ahead)
+            tags: dict[int, tuple[str, bytes]] = {i: (tag, pd) for i, tag, pd in user}
+            prefix = self.tag_prefix
+            for i, line in enumerate(lines):
+                tag, prompt = tags.get(i) or (f"{prefix}{line}", None)
+                out.append(InFlightLine(line, batch_id, digests[i], tag, prompt))
+        return out
 
     # -- reading --------------------------------------------------------------------------
 
@@ -574,15 +638,17 @@ class Ledger:
         return out
 
     def lookup_unrecorded(self, tag: str) -> int | None:
-        """The one line still in flight (``pending`` until its reply is recorded) or ``unknown``
-        with this tag: a result may arrive (by postback) before the POST's reply is recorded.
-        None when no line or several match."""
+        """The one line in flight (in a batch written ahead, its reply not yet recorded) or
+        ``unknown`` with this tag: a result may arrive (by postback) before the POST's reply
+        is recorded. None when no line or several match."""
         rows = self._db.execute(
             "SELECT line FROM lines WHERE tag = ? AND engine = ? "
             "AND state IN ('pending', 'unknown') LIMIT 2",
             (tag, self.engine),
         ).fetchall()
-        return int(rows[0][0]) if len(rows) == 1 else None
+        found = {int(r[0]) for r in rows}
+        found.update(f.line for f in self._in_flight() if f.tag == tag)
+        return found.pop() if len(found) == 1 else None
 
     def uncollected(
         self, *, limit: int, after_line: int = 0, sent_before: float | None = None
@@ -719,16 +785,6 @@ class Ledger:
             )
 
 
-def pack_lines(lines: Sequence[int]) -> bytes:
-    return array.array("q", lines).tobytes()
-
-
-def _unpack(packed: bytes | None) -> list[int]:
-    out = array.array("q")
-    out.frombytes(packed or b"")
-    return out.tolist()
-
-
 def _receipt(row: tuple[Any, ...]) -> Receipt:
     line, state, tag, task_id, code, message, cost, field, reason, engine = row
     return Receipt(
@@ -778,6 +834,22 @@ CREATE TABLE IF NOT EXISTS result_outputs (
     path TEXT PRIMARY KEY, seq INTEGER NOT NULL, size INTEGER NOT NULL
 );
 """
+
+
+class InFlightLine(NamedTuple):
+    """A line of a batch written ahead and not recorded since. ``digest`` is None for a
+    batch written ahead before schema 3 (its lines are rows in the ledger, ``pending``)."""
+
+    line: int
+    batch_id: int
+    digest: bytes | None = None
+    tag: str | None = None
+    prompt_digest: bytes | None = None
+
+
+_decode_write_ahead = msgspec.msgpack.Decoder(
+    tuple[list[bytes], list[tuple[int, str, bytes]]]
+).decode
 
 
 class TaskRef(NamedTuple):
