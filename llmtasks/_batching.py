@@ -37,6 +37,25 @@ class Batch:
     def body(self) -> bytes:
         return b"[" + b",".join(self.parts) + b"]"
 
+    def cut(self, size: int) -> list[Batch]:
+        """The full batches of ``size`` lines at the front; this one keeps the rest."""
+        if len(self.lines) < size:
+            return []
+        full: list[Batch] = []
+        n = len(self.lines) // size * size
+        for i in range(0, n, size):
+            b = Batch()
+            b.lines = self.lines[i : i + size]
+            b.tags = self.tags[i : i + size]
+            b.parts = self.parts[i : i + size]
+            b.digests = self.digests[i : i + size]
+            if self.user_tags:
+                b.user_tags = [(j - i, d) for j, d in self.user_tags if i <= j < i + size]
+            full.append(b)
+        del self.lines[:n], self.tags[:n], self.parts[:n], self.digests[:n]
+        self.user_tags = [(j - n, d) for j, d in self.user_tags if j >= n]
+        return full
+
     def write_ahead(self) -> bytes:
         """What the write-ahead record keeps of these lines besides their numbers: their
         digests, and the tags the line numbers do not give (see ``Ledger.in_flight``)."""

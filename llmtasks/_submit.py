@@ -47,7 +47,7 @@ from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
-from llmtasks._receipt import Receipt
+from llmtasks._receipt import Receipt, State
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
     ENGINES,
@@ -595,35 +595,33 @@ class Submitter:
         shard = self.shard
         size = self.batch_size
         batch = Batch()
+        encode = _encode_task
         async for chunk in chunks:
             if self._halted():
                 return
-            known = (
-                ledger.known(chunk[0].line, chunk[-1].line) if chunk[0].line <= last_known else {}
-            )
+            if shard is not None:
+                # Another process's lines are not ours to read.
+                chunk = [il for il in chunk if (il.line - 1) % shard[1] == shard[0] - 1]
+                if not chunk:
+                    continue
+            self.stats.lines_read += len(chunk)
+            if chunk[0].line <= last_known:
+                chunk = self._not_done(chunk, ledger.known(chunk[0].line, chunk[-1].line))
             rows: list[tuple[Any, ...]] = []
             receipts: list[Receipt] = []
-            n_read = 0
+            # The batch left open by the last chunk goes on filling; full ones are cut after.
+            add_line, add_tag = batch.lines.append, batch.tags.append
+            add_part, add_digest = batch.parts.append, batch.digests.append
             for il in chunk:
-                line = il.line
-                if shard is not None and (line - 1) % shard[1] != shard[0] - 1:
-                    continue  # another process's line
-                n_read += 1
                 task = il.task
-                if known and (prior := known.get(line)) is not None:
-                    digest, state = prior
-                    if digest != il.digest:
-                        raise self._changed(f"line {line} is not the line recorded")
-                    if state != "pending" or task is None:
-                        self.stats.already_done += 1
-                        continue
-                elif task is None:
-                    state = "skipped" if il.skipped else "rejected"
+                if task is None:
+                    state: State = "skipped" if il.skipped else "rejected"
                     fld = None if il.skipped else il.field
-                    rows.append((line, il.digest, state, None, None, fld, il.reason))
-                    receipts.append(Receipt(line=line, state=state, field=fld, reason=il.reason))
+                    rows.append((il.line, il.digest, state, None, None, fld, il.reason))
+                    receipts.append(Receipt(line=il.line, state=state, field=fld, reason=il.reason))
                     continue
-                part = _encode_task(task)
+                line = il.line
+                part = encode(task)
                 tag = task.tag
                 if tag is None:
                     tag = f"{tag_prefix}{line}"
@@ -633,25 +631,42 @@ class Submitter:
                     # names its line.
                     prompt = prompt_digest(task.user_prompt or "")
                     batch.user_tags.append((len(batch.lines), prompt))
-                for name, extra in push:
-                    if getattr(task, name) is None:
-                        part = part[:-1] + extra + b"}"
-                batch.lines.append(line)
-                batch.tags.append(tag)
-                batch.parts.append(part)
-                batch.digests.append(il.digest)
-                if len(batch.lines) == size:
-                    await batches.put(batch)
-                    batch = Batch()
-            self.stats.lines_read += n_read
+                if push:
+                    for name, extra in push:
+                        if getattr(task, name) is None:
+                            part = part[:-1] + extra + b"}"
+                add_line(line)
+                add_tag(tag)
+                add_part(part)
+                add_digest(il.digest)
             # Lines that will not be sent: their outcome now, the only write they get.
             writer.add_lines(rows)
             await self._emit(receipts)
+            for full in batch.cut(size):
+                await batches.put(full)
         if batch.lines:
             if self._halted():
                 await self._leave_pending(batch, "not sent: the run stopped")
             else:
                 await batches.put(batch)
+
+    def _not_done(
+        self, chunk: list[InputLine], known: Mapping[int, tuple[bytes, str]]
+    ) -> list[InputLine]:
+        """A resumed run: the lines of ``chunk`` still to do. A recorded line must be the
+        line read now; one in a final state is done."""
+        todo: list[InputLine] = []
+        for il in chunk:
+            prior = known.get(il.line)
+            if prior is not None:
+                digest, state = prior
+                if digest != il.digest:
+                    raise self._changed(f"line {il.line} is not the line recorded")
+                if state != "pending" or il.task is None:
+                    self.stats.already_done += 1
+                    continue
+            todo.append(il)
+        return todo
 
     async def _send_loop(self, batches: asyncio.Queue[Batch | None]) -> None:
         while (batch := await batches.get()) is not None:
