@@ -16,9 +16,18 @@ import signal
 import sys
 from typing import Any
 
+from llmtasks._cli_options import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, default_path
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger
 from llmtasks._submit import Submitter
+from llmtasks._submit_run import (
+    count_lines,
+    on_signal,
+    silent,
+    submit_summary,
+    submitter_from_args,
+    task_post_throttle,
+)
 
 
 class _Group:
@@ -39,22 +48,10 @@ class _Group:
 async def submit_fanout(
     args: argparse.Namespace, base_url: str, login: str, password: str, fmt: Any
 ) -> int:
-    from llmtasks._cli import (
-        EXIT_INCOMPLETE,
-        EXIT_INTERRUPTED,
-        EXIT_OK,
-        _count_lines,
-        _default_path,
-        _on_signal,
-        _silent,
-        submit_summary,
-        submitter_from_args,
-    )
     from llmtasks._input import read_lines
     from llmtasks._outputs import ReceiptStream
     from llmtasks._progress import ProgressReporter
     from llmtasks._rules import TaskRules
-    from llmtasks._shared import shared_throttle
 
     if args.shard is not None:
         raise ConfigError("--shard works with one --engine at a time")
@@ -62,9 +59,9 @@ async def submit_fanout(
         # Each engine reads the input on its own: stdin can be read only once.
         raise ConfigError("several --engine read the input once each: give a file, not -")
     engines: tuple[str, ...] = args.engines
-    ledger_path = args.ledger or _default_path(args.input, "ledger.sqlite")
-    receipts_path = args.receipts or _default_path(args.input, "receipts.jsonl")
-    rejects_path = args.rejects or _default_path(args.input, "rejects.jsonl")
+    ledger_path = args.ledger or default_path(args.input, "ledger.sqlite")
+    receipts_path = args.receipts or default_path(args.input, "receipts.jsonl")
+    rejects_path = args.rejects or default_path(args.input, "rejects.jsonl")
     main = Ledger.open(ledger_path, input_name=args.input, engine=engines[0], engines=engines)
     views: list[Ledger] = []
     try:
@@ -95,12 +92,12 @@ async def submit_fanout(
             for view in views[1:]:
                 view.join_session(main.session_id or 0)
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _on_signal, group)
+                loop.add_signal_handler(sig, on_signal, group)
             try:
-                total = _count_lines(args.input)
+                total = count_lines(args.input)
                 for s, view in zip(subs, views, strict=True):
                     if args.input != "-" and view.last_line():
-                        quiet = TaskRules(view.engine, warn=_silent)
+                        quiet = TaskRules(view.engine, warn=silent)
                         await s.verify(
                             read_lines(
                                 args.input,
@@ -116,14 +113,7 @@ async def submit_fanout(
                     for s in subs[1:]:
                         if account is not None:
                             s.apply_account(account)
-                async with shared_throttle(
-                    args.limiter,
-                    login=login,
-                    rate=first.limiter.rate,
-                    period_s=args.period,
-                    margin_s=args.margin,
-                    max_in_flight=args.concurrency,
-                ) as throttle:
+                async with task_post_throttle(args, login, first.limiter.rate) as throttle:
                     # One account, one limit: every engine's calls take the same tokens and
                     # slots, and count in the same counters.
                     for s in subs:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from llmtasks._cli import _count_lines, _shard, main
+from llmtasks._cli import main
+from llmtasks._cmd_submit import _shard
+from llmtasks._submit_run import count_lines
 
 
 @pytest.mark.parametrize(
@@ -18,8 +20,8 @@ def test_count_lines_counts_a_last_line_without_newline(
 ) -> None:
     path = tmp_path / "in.txt"
     path.write_bytes(data)
-    assert _count_lines(str(path)) == lines
-    assert _count_lines("-") is None
+    assert count_lines(str(path)) == lines
+    assert count_lines("-") is None
 
 
 def test_shard_option() -> None:

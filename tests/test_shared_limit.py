@@ -375,8 +375,10 @@ def test_four_processes_share_one_limit_never_over_nearly_all_used(
     texts = fleet.texts()
     assert codes == [0, 0, 0, 0], texts
     posts = [c for c in emu.calls() if c["path"].endswith("/task_post")]
-    assert len(posts) == n_lines
+    # Refusals first: an extra call that was a 40202 (load jitter beyond the margin) and an
+    # extra call that created a task twice are different failures and must read differently.
     assert [c for c in posts if c["status_code"] != 20000] == []  # zero 40202 (or 40209)
+    assert len(posts) == n_lines
     arrivals = [c["at"] for c in posts]
     assert _peak_window(arrivals, period) <= rate
     achieved = (n_lines - 1) / (max(arrivals) - min(arrivals))

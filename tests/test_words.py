@@ -7,15 +7,18 @@ import re
 
 import pytest
 
-from llmtasks._cli import dry_run_summary, reconcile_summary, submit_summary
-from llmtasks._cli_results import collect_line, collect_notes, receive_line
+from llmtasks._cmd_collect import collect_line, collect_notes
+from llmtasks._cmd_receive import receive_line
+from llmtasks._cmd_reconcile import reconcile_summary
 from llmtasks._collect import CollectStats
+from llmtasks._dry_run import dry_run_summary
 from llmtasks._models import ModelInfo, format_table
 from llmtasks._pace import CallWindow
 from llmtasks._receiver import ReceiveStats
 from llmtasks._reconcile import ReconcileReport
 from llmtasks._status import format_status
 from llmtasks._submit import RunStats
+from llmtasks._submit_run import submit_summary
 from llmtasks._words import count, verb
 
 NOUNS = (
