@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from llmtasks._input import InputLine
+from llmtasks._decode import InputLine
 
 #: Input lines handed over at a time (one worker-thread hop per chunk when reading a file).
 READ_CHUNK: Final = 1024

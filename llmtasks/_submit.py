@@ -35,15 +35,16 @@ from llmtasks._account import (
     read_account,
 )
 from llmtasks._batching import Batch, chunked
+from llmtasks._decode import Completer, InputLine, decode_record
 from llmtasks._errors import (
     ConfigError,
     FundsError,
     InputError,
     LlmtasksError,
 )
-from llmtasks._input import InputLine, decode_user_task, record_digest
 from llmtasks._ledger import Ledger
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
+from llmtasks._lines import record_digest
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -53,8 +54,6 @@ from llmtasks._task import (
     ENGINES,
     MAX_TASKS_PER_POST,
     Task,
-    TaskRuleError,
-    explain,
 )
 from llmtasks._throttle import (
     LocalThrottle,
@@ -461,10 +460,11 @@ class Submitter:
         tasks: Iterable[Task | Mapping[str, Any]] | AsyncIterable[Task | Mapping[str, Any]],
     ) -> AsyncIterator[InputLine]:
         await self.load_models()
+        complete = Completer(self.default_model, self.rules, model_hint=_PYTHON_MODEL_HINT)
         line = 0
         async for obj in _aiter(tasks):
             line += 1
-            yield _to_line(line, obj, self.default_model, self.rules)
+            yield _to_line(line, obj, complete)
 
     def submit_lines(
         self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
@@ -891,28 +891,18 @@ def _field_of(message: str) -> str | None:
     return message[start + 1 : end] if 0 <= start < end else None
 
 
-def _to_line(
-    line: int, obj: Task | Mapping[str, Any], default_model: str | None, rules: TaskRules
-) -> InputLine:
-    # Round-trip through JSON: constraints are checked on decode, not when a Struct is built.
+_PYTHON_MODEL_HINT: Final = "is required (set model_name in the task or give default_model)"
+
+
+def _to_line(line: int, obj: Task | Mapping[str, Any], complete: Completer) -> InputLine:
+    """A task given in Python, judged as the same task on a line of a JSONL file would be
+    (``decode_record``): the same checks and the same words. Encoded first because msgspec
+    checks constraints on decode, not when a Struct is built."""
     try:
         raw = msgspec.json.encode(obj)
     except TypeError as exc:
         return InputLine(line=line, digest=b"", task=None, field="", reason=str(exc))
-    fingerprint = record_digest(raw)
-    try:
-        task = decode_user_task(raw)
-        if task.model_name is None and default_model:
-            task = msgspec.structs.replace(task, model_name=default_model)
-        rules.check(task, line)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        fld, reason = explain(exc)
-        return InputLine(line=line, digest=fingerprint, task=None, field=fld, reason=reason)
-    except TaskRuleError as exc:
-        return InputLine(
-            line=line, digest=fingerprint, task=None, field=exc.field, reason=exc.reason
-        )
-    return InputLine(line=line, digest=fingerprint, task=task)
+    return decode_record(raw, line, record_digest(raw), complete)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

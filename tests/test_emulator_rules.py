@@ -143,7 +143,14 @@ async def test_a_whole_number_float_is_an_integer(
     assert boolean["status_code"] == 40501
 
 
-FORBIDDEN = ("llmtasks._task", "llmtasks._input", "llmtasks._models")
+FORBIDDEN = (
+    "llmtasks._task",
+    "llmtasks._input",
+    "llmtasks._decode",
+    "llmtasks._explain",
+    "llmtasks._rules",
+    "llmtasks._models",
+)
 
 
 def test_the_emulator_imports_none_of_the_clients_validation() -> None:

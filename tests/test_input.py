@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from llmtasks import _input
+from llmtasks import _lines
 from llmtasks._errors import ConfigError, InputError
 from llmtasks._input import InputLine, detect_format, read_lines
 from llmtasks._task import ChainMessage, StrictTask, Task
@@ -639,7 +639,7 @@ def test_fuzz_line_formats(tmp_path: Path, data: bytes, fmt: str, small: bool) -
             read_lines(path, fmt=fmt, default_model="m", max_line_bytes=limit)
         return
     # A tiny chunk makes long lines cross many chunk boundaries (and split b"\r\n").
-    with mock.patch.object(_input, "_CHUNK", 3):
+    with mock.patch.object(_lines, "_CHUNK", 3):
         got = read(path, fmt=fmt, default_model="m" if small else None, max_line_bytes=limit)
     expected = physical_lines(data)
     assert [il.line for il in got] == list(range(1, len(expected) + 1))

@@ -9,7 +9,11 @@ import sys
 from typing import Any
 
 from llmtasks.emulator._config import EmulatorConfig
-from llmtasks.emulator._server import Emulator
+from llmtasks.emulator._server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    Emulator,
+)
 
 _DEFAULTS = EmulatorConfig()
 
@@ -155,6 +159,19 @@ def register(subparsers: Any) -> None:
         default=d.gemini_search_options,
         help="gemini force_web_search/country/city, unsettled in the docs (default accept)",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connections open at once; the next get 503 (default %(default)s)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="seconds a connection may spend on one request or idle, then it is cut "
+        "(default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for faults, ids and results")
     p.add_argument(
         "--record",
@@ -195,12 +212,26 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-async def serve(config: EmulatorConfig, host: str, port: int) -> None:
+async def serve(
+    config: EmulatorConfig,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Emulator(config, host=host, port=port) as emu:
+    emulator = Emulator(
+        config,
+        host=host,
+        port=port,
+        max_connections=max_connections,
+        request_timeout_s=request_timeout_s,
+    )
+    async with emulator as emu:
         sys.stdout.write(f"llmtasks emulator listening on {emu.base_url}\n")
         sys.stdout.flush()
         await stop.wait()
@@ -209,11 +240,23 @@ async def serve(config: EmulatorConfig, host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
+        if args.max_connections < 1:
+            raise ValueError("--max-connections must be >= 1")
+        if not args.request_timeout > 0:
+            raise ValueError("--request-timeout must be > 0")
     except ValueError as exc:
         print(f"llmtasks emulate: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, args.host, args.port))
+        asyncio.run(
+            serve(
+                config,
+                args.host,
+                args.port,
+                max_connections=args.max_connections,
+                request_timeout_s=args.request_timeout,
+            )
+        )
     except OSError as exc:  # port taken, address not available
         print(f"llmtasks emulate: error: {exc}", file=sys.stderr)
         return 2

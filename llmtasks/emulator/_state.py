@@ -1,4 +1,5 @@
-"""What the emulator remembers: created tasks, their life cycle, calls, windows and money.
+"""What the emulator remembers: created tasks, their life cycle, calls, windows and money,
+and ``Service``, which bundles them for the gate and the handlers.
 
 Everything here is synchronous: handlers mutate state between awaits, so no locks are needed.
 Nothing is scheduled per task; a task's completion time is fixed at creation and readiness is
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._rules import Policy
 
 # Any odd multiplier is a bijection on 48-bit integers: ids stay unique yet look random.
 _MIX48 = 0x9E3779B97F4B
@@ -229,3 +231,47 @@ class Money:
     def set_funds(self, funds_usd: float | None) -> None:
         """Reconfiguring funds sets the balance to the new amount."""
         self.funds_usd = None if funds_usd is None else funds_usd + self.spent_usd
+
+
+def policy_of(config: EmulatorConfig) -> Policy:
+    return Policy(
+        sampling_together=config.sampling_together,
+        gemini_search_options=config.gemini_search_options,
+    )
+
+
+class Service:
+    """The one emulated account that the gate and every handler share.
+
+    ``config`` and ``policy`` are replaced as a whole by ``reconfigure``; handlers read them
+    afresh on every call, so a change applies from the next call on.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.policy = policy_of(config)
+        self.rng = random.Random(config.seed)
+        self.ids = IdMaker(self.rng)
+        self.store = Store()
+        self.calls: list[CallRecord] = []
+        self.clock = Clock(config.clock_offset_s)
+        self.money = Money(config)
+        self.tasks_created = 0
+
+    def reconfigure(self, changes: dict[str, Any]) -> EmulatorConfig:
+        """Apply ``changes`` to the settings; ``funds_usd`` sets the balance anew."""
+        merged = {**msgspec.structs.asdict(self.config), **changes}
+        new = msgspec.convert(merged, EmulatorConfig)
+        if "funds_usd" in changes:
+            self.money.set_funds(new.funds_usd)
+        if "seed" in changes:
+            self.rng.seed(new.seed)
+        if "clock_offset_s" in changes:
+            self.clock.shift(new.clock_offset_s - self.config.clock_offset_s)
+        self.policy = policy_of(new)
+        self.config = new
+        return new
+
+    def new_id(self, wall: float) -> str:
+        """A fresh task id dated ``wall`` (the service's unix time)."""
+        return self.ids.make(self.ids.prefix(wall))

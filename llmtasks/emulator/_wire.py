@@ -2,7 +2,8 @@
 
 Field order and types follow the documentation example exactly; ``tasks`` is ``null`` on a
 whole-call error. Per-task ``data`` and ``path`` are often pre-encoded ``msgspec.Raw`` so the
-hot path (task_post) copies bytes instead of building dicts.
+hot path (task_post) copies bytes instead of building dicts. ``Reply`` is what a handler
+gives the gate to send.
 """
 
 from __future__ import annotations
@@ -56,7 +57,20 @@ class Envelope(msgspec.Struct):
     tasks: list[TaskOut] | None
 
 
+class Reply(msgspec.Struct):
+    """A handler's answer: the gate adds latency, records the call and sends (or drops) it."""
+
+    http_status: int
+    status_code: int | None
+    body: bytes
+    tasks_created: int = 0
+    content_type: str = "application/json"
+
+
 encoder: Final = msgspec.json.Encoder()
+# A body that cannot be read as JSON of the expected shape; nesting too deep for the decoder
+# is hostile input like any other, answered 40503 rather than a 500.
+UNREADABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
 def seconds(elapsed_s: float) -> str:
@@ -110,3 +124,29 @@ def path_of(*parts: str) -> list[str]:
 
 def to_data(se: str, fields: dict[str, Any], function: str = FUNCTION) -> dict[str, Any]:
     return {"api": API, "function": function, "se": se, **fields}
+
+
+def refusal(code: tuple[int, str], started: float, http_status: int = 200) -> Reply:
+    """A whole-call error: the envelope with ``code`` and no tasks."""
+    return Reply(http_status, code[0], envelope(code, started))
+
+
+def not_found(started: float) -> Reply:
+    return refusal(NOT_FOUND, started, 404)
+
+
+def call_task(
+    task_id: str, se: str, function: str, started: float, result: list[Any], cost: float = 0.0
+) -> TaskOut:
+    """The one task of a GET call (tasks_ready, models): ``result`` is its whole answer."""
+    return TaskOut(
+        task_id,
+        OK[0],
+        OK[1],
+        seconds(time.perf_counter() - started),
+        cost,
+        len(result),
+        path_of(API, se, FUNCTION, function),
+        to_data(se, {}),
+        result,
+    )
