@@ -22,6 +22,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from llmtasks._errors import LlmtasksError
+
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _READ_CHUNK: Final = 64 * 1024
 # wbits: 16 + MAX_WBITS reads a gzip wrapper, 32 + MAX_WBITS detects zlib or gzip.
@@ -34,9 +36,10 @@ _SIGNS: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-class Refused(Exception):
-    """A request refused with an HTTP status. Never leaves a handler: it becomes the answer,
-    so it is not part of the ``LlmtasksError`` hierarchy of errors that stop a run."""
+class Refused(LlmtasksError):
+    """A request refused with an HTTP status. Never leaves a handler: it becomes the answer.
+    An ``LlmtasksError`` like every exception of the package, so that one escaping by a bug
+    is still caught by ``except LlmtasksError``."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from llmtasks._decode import BLANK, INT_FIELDS, Completer, InputLine, too_long
-from llmtasks._errors import InputError
+from llmtasks._errors import InputError, LlmtasksError
 from llmtasks._explain import explain_json, rejection
 from llmtasks._lines import DIGEST_BYTES, Physical
 from llmtasks._task import StrictTask, Task, TaskRuleError
@@ -30,8 +30,9 @@ _TRUE: Final = frozenset({"true", "1"})
 _FALSE: Final = frozenset({"false", "0"})
 
 
-class _RecordTooLong(Exception):
-    pass
+class _RecordTooLong(LlmtasksError):
+    """Control flow inside the CSV reader (the record becomes a reject); an ``LlmtasksError``
+    like every exception of the package."""
 
 
 class _CsvSource:

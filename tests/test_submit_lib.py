@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtasks import FundsError, Ledger, Receipt, Submitter, Task
+from llmtasks import FundsError, Receipt, Submitter, Task
+from llmtasks._ledger import Ledger
 from llmtasks.emulator import Emulator, EmulatorConfig
 
 
@@ -105,7 +106,8 @@ def test_a_task_struct_is_checked_by_its_engines_rules() -> None:
 
 def test_a_rule_error_is_an_llmtasks_error_and_still_a_value_error() -> None:
     """Every error users can see is an LlmtasksError; code that caught ValueError still does."""
-    from llmtasks import LlmtasksError, TaskRuleError
+    from llmtasks import LlmtasksError
+    from llmtasks._errors import TaskRuleError
     from llmtasks._rules import TaskRules
 
     bad = Task(user_prompt="a", model_name="gpt-4o", max_output_tokens=8)
