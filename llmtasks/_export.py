@@ -234,15 +234,12 @@ def _stand_in_model(ledger: Ledger, engine: str) -> str:
     """A model for lines that took theirs from ``--model`` (the ledger does not keep it): the
     dated model of the engine's first result, so the same model rules apply as when they
     were sent."""
-    for row in ledger.query(
-        "SELECT r.result FROM results r JOIN lines l ON l.task_id = r.task_id "
-        "WHERE r.result IS NOT NULL AND l.engine = ? ORDER BY r.seq LIMIT 1",
-        (engine,),
-    ):
+    first_json = ledger.first_result(engine)
+    if first_json is not None:
         try:
-            first = decode_result(row[0])
+            first = decode_result(first_json)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            break
+            first = None
         if first is not None and first.model_name:
             return first.model_name
     return "gpt-4.1-mini"

@@ -9,7 +9,6 @@ commit well under a millisecond.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
@@ -18,17 +17,29 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO
 
+import msgspec
+
 from llmtasks._errors import ConfigError, InputError
-from llmtasks._ledger_writer import LedgerWriter
+from llmtasks._ledger_writer import LedgerWriter, unpack_lines
+from llmtasks._ledger_writer import pack_lines as pack_lines
+from llmtasks._ledger_writer import tx as _tx
+from llmtasks._receipt import LineState as LineState
 from llmtasks._receipt import Receipt, State
+from llmtasks._results_store import Collected as Collected
+from llmtasks._results_store import CollectedRow as CollectedRow
+from llmtasks._results_store import ResultRow as ResultRow
+from llmtasks._results_store import ResultsStore
+from llmtasks._results_store import TaskRef as TaskRef
 from llmtasks._task import ENGINES
 
-#: 2: ``engine`` columns, one row per (line, engine) (1: one engine per ledger, migrated
-#: when opened).
-SCHEMA_VERSION: Final = 2
+#: 3: lines are written once, at their outcome; a batch in flight keeps its lines' digests
+#: and tags in its write-ahead row (``batches.write_ahead``). 2: ``engine`` columns, one row
+#: per (line, engine). 1: one engine per ledger. Older ledgers are migrated when opened.
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,7 +63,8 @@ CREATE TABLE IF NOT EXISTS batches (
     attempts INTEGER NOT NULL DEFAULT 0,
     note TEXT,
     lines BLOB,
-    engine TEXT NOT NULL
+    engine TEXT NOT NULL,
+    write_ahead BLOB
 );
 CREATE TABLE IF NOT EXISTS lines (
     line INTEGER NOT NULL,
@@ -72,9 +84,6 @@ CREATE TABLE IF NOT EXISTS lines (
     PRIMARY KEY (line, engine)
 ) WITHOUT ROWID;
 """
-# No index on ``lines`` while submitting: task ids are random, so an index on them costs more
-# than everything else a line needs. Only the commands that look tasks up by id create it.
-_TASK_ID_INDEX = "CREATE INDEX IF NOT EXISTS lines_task_id ON lines (task_id);"
 
 
 class NewLine(NamedTuple):
@@ -89,7 +98,7 @@ class NewLine(NamedTuple):
     reason: str | None = None
 
 
-class Ledger:
+class Ledger(ResultsStore):
     """One ledger belongs to one input and one set of engines (one outcome per line and
     engine); reopening it resumes that job. An object is a view of one ``engine``: what it
     reads and writes about lines is that engine's (``for_engine`` gives the others)."""
@@ -196,27 +205,44 @@ class Ledger:
         return view
 
     def _migrate(self) -> None:
-        """A ledger written before fan-out has no ``engine`` columns: every row is the
-        ledger's one engine's (adding a column with a default rewrites nothing)."""
-        for table in ("lines", "batches"):
-            cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if "engine" in cols:
+        """Bring an older ledger to this schema (adding a column rewrites nothing).
+
+        Before 2 there were no ``engine`` columns: every row is the ledger's one engine's.
+        Before 3 there was no ``batches.write_ahead``: the lines of a batch in flight were
+        rows already, in state ``pending``, which ``recover_interrupted`` still reads."""
+        schema = int(self._meta_value("schema") or 1)
+        if schema > SCHEMA_VERSION:
+            raise ConfigError(
+                f"ledger {self.path} was written by a newer llmtasks (ledger schema {schema}, "
+                f"this version reads up to {SCHEMA_VERSION}): upgrade llmtasks"
+            )
+        # The engine is one of ENGINES (checked above): safe in the statement.
+        for table, column, decl in (
+            ("lines", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),
+            ("batches", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),
+            ("batches", "write_ahead", "BLOB"),
+        ):
+            if self._has_column(table, column):
                 continue
             try:
                 with _tx(self._db):
-                    # The engine is one of ENGINES (checked above): safe in the statement.
-                    self._db.execute(
-                        f"ALTER TABLE {table} ADD COLUMN engine TEXT NOT NULL "
-                        f"DEFAULT '{self.engines[0]}'"
-                    )
-                    self._db.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
-                    )
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             except sqlite3.OperationalError:
                 # Another process opening the same old ledger added it first.
-                cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if "engine" not in cols:
+                if not self._has_column(table, column):
                     raise
+        if schema < SCHEMA_VERSION:
+            with _tx(self._db):
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                )
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
+
+    def _meta_value(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> Ledger:
@@ -310,27 +336,77 @@ class Ledger:
 
     def recover_interrupted(self) -> int:
         """Batches left ``sending`` by a process that died: their POST may have created tasks,
-        so their lines become ``unknown`` (never resent without reconcile)."""
+        so their lines become ``unknown`` (never resent without reconcile), written from the
+        batch's write-ahead row."""
+        reason = "interrupted while sending"
         with _tx(self._db):
-            batches = self._db.execute(
-                "SELECT batch_id, lines FROM batches WHERE state = 'sending' AND engine = ?",
-                (self.engine,),
-            ).fetchall()
             n = 0
-            for batch_id, packed in batches:
-                cur = self._db.executemany(
-                    "UPDATE lines SET state = 'unknown', batch_id = ?, "
-                    "reason = 'interrupted while sending' WHERE line = ? AND engine = ? "
-                    "AND state = 'pending'",
-                    [(batch_id, line, self.engine) for line in _unpack(packed)],
-                )
+            for line in self._in_flight():
+                if line.digest is None:
+                    # Written ahead before schema 3: the line is a ``pending`` row already.
+                    cur = self._db.execute(
+                        "UPDATE lines SET state = ?, batch_id = ?, reason = ? "
+                        "WHERE line = ? AND engine = ? AND state = ?",
+                        (
+                            LineState.UNKNOWN,
+                            line.batch_id,
+                            reason,
+                            line.line,
+                            self.engine,
+                            LineState.PENDING,
+                        ),
+                    )
+                else:
+                    # A row left ``pending`` by an earlier run that stopped, or none yet.
+                    cur = self._db.execute(
+                        "INSERT INTO lines (line, engine, digest, state, tag, prompt_digest, "
+                        "batch_id, reason) VALUES (?, ?, ?, 'unknown', ?, ?, ?, ?) "
+                        "ON CONFLICT (line, engine) DO UPDATE SET state = 'unknown', "
+                        "tag = excluded.tag, batch_id = excluded.batch_id, "
+                        "reason = excluded.reason, "
+                        "prompt_digest = COALESCE(excluded.prompt_digest, prompt_digest) "
+                        "WHERE state = 'pending'",
+                        (
+                            line.line,
+                            self.engine,
+                            line.digest,
+                            line.tag,
+                            line.prompt_digest,
+                            line.batch_id,
+                            reason,
+                        ),
+                    )
                 n += cur.rowcount
             self._db.execute(
-                "UPDATE batches SET state = 'unknown', note = 'interrupted while sending' "
-                "WHERE state = 'sending' AND engine = ?",
-                (self.engine,),
+                "UPDATE batches SET state = ?, note = ? WHERE state = ? AND engine = ?",
+                (BatchState.UNKNOWN, reason, BatchState.SENDING, self.engine),
             )
         return n
+
+    def in_flight(self) -> list[InFlightLine]:
+        """The lines of this engine's batches written ahead as ``sending`` and not recorded
+        since: calls in flight now, or cut off by a process that died."""
+        with self._db_lock:
+            return self._in_flight()
+
+    def _in_flight(self) -> list[InFlightLine]:
+        out: list[InFlightLine] = []
+        for batch_id, packed, write_ahead in self._db.execute(
+            "SELECT batch_id, lines, write_ahead FROM batches WHERE state = ? "
+            "AND engine = ? ORDER BY batch_id",
+            (BatchState.SENDING, self.engine),
+        ).fetchall():
+            lines = unpack_lines(packed)
+            if write_ahead is None:
+                out += [InFlightLine(line, batch_id) for line in lines]
+                continue
+            digests, user = _decode_write_ahead(write_ahead)
+            tags: dict[int, tuple[str, bytes]] = {i: (tag, pd) for i, tag, pd in user}
+            prefix = self.tag_prefix
+            for i, line in enumerate(lines):
+                tag, prompt = tags.get(i) or (f"{prefix}{line}", None)
+                out.append(InFlightLine(line, batch_id, digests[i], tag, prompt))
+        return out
 
     # -- reading --------------------------------------------------------------------------
 
@@ -354,7 +430,8 @@ class Ledger:
     def batches_sending(self) -> int:
         """Calls in flight now, or cut off by a process that died (the next run finds them)."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM batches WHERE state = 'sending' AND engine = ?", (self.engine,)
+            "SELECT COUNT(*) FROM batches WHERE state = ? AND engine = ?",
+            (BatchState.SENDING, self.engine),
         ).fetchone()
         return int(row[0])
 
@@ -403,14 +480,14 @@ class Ledger:
         for row in self._db.execute(sql, args):
             yield _receipt(row)
 
-    def lines_in_state(self, state: State) -> list[tuple[int, str | None, bytes | None, int]]:
-        """(line, tag, prompt_digest, batch_id) of every line in ``state``."""
+    def lines_in_state(self, state: LineState | State) -> list[LineRef]:
+        """Every line in ``state``, in line order."""
         rows = self._db.execute(
             "SELECT line, tag, prompt_digest, batch_id FROM lines WHERE state = ? AND engine = ? "
             "ORDER BY line",
             (state, self.engine),
         )
-        return [(a, b, c, int(d or 0)) for a, b, c, d in rows]
+        return [LineRef(a, b, c, int(d or 0)) for a, b, c, d in rows]
 
     def batch_times(self, batch_ids: Iterable[int]) -> dict[int, float]:
         ids = list(set(batch_ids))
@@ -425,9 +502,94 @@ class Ledger:
             out.update({b: t for b, t in rows})
         return out
 
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read-only access for reports (status); callers pass constant SQL."""
+    # -- for status, report and export (every engine's) ------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+
+    def status_code_counts(self) -> dict[int, int]:
+        """Lines by the status code the service gave them."""
+        rows = self._db.execute(
+            "SELECT status_code, COUNT(*) FROM lines WHERE status_code IS NOT NULL "
+            "GROUP BY status_code ORDER BY status_code"
+        )
+        return {int(code): int(n) for code, n in rows}
+
+    def created_totals(self) -> tuple[float, int]:
+        """The cost of the created lines, and the sum of their ``collected`` flags."""
+        ((cost, collected),) = self._db.execute(
+            "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(collected), 0) FROM lines WHERE state = ?",
+            (LineState.CREATED,),
+        )
+        return float(cost), int(collected)
+
+    def batch_summary(self) -> BatchSummary:
+        ((sending,),) = self._db.execute(
+            "SELECT COUNT(*) FROM batches WHERE state = ?", (BatchState.SENDING,)
+        )
+        ((first, last, n),) = self._db.execute(
+            "SELECT MIN(sent_at), MAX(COALESCE(done_at, sent_at)), COUNT(*) FROM batches"
+        )
+        return BatchSummary(int(n), int(sending), first, last)
+
+    def sessions(self) -> list[SessionRow]:
+        return [
+            SessionRow(*row)
+            for row in self._db.execute(
+                "SELECT session_id, started_at, ended_at, calls, cost FROM sessions "
+                "ORDER BY session_id"
+            )
+        ]
+
+    def call_times(self) -> list[float]:
+        """When each POST left (unix seconds), in order."""
+        return [float(t) for (t,) in self._db.execute("SELECT sent_at FROM batches ORDER BY 1")]
+
+    def retries(self) -> int:
+        ((n,),) = self._db.execute("SELECT COALESCE(SUM(MAX(attempts, 1) - 1), 0) FROM batches")
+        return int(n)
+
+    def line_counts(self) -> list[tuple[str, str, Collected, int]]:
+        """(engine, state, collected flag, lines)."""
+        rows = self._db.execute(
+            "SELECT engine, state, collected, COUNT(*) FROM lines GROUP BY 1, 2, 3"
+        )
+        return [(e, s, Collected(c), int(n)) for e, s, c, n in rows]
+
+    def uncollected_cost(self) -> dict[str, float]:
+        """By engine: the cost of the created lines whose result is not in."""
+        rows = self._db.execute(
+            "SELECT engine, SUM(cost) FROM lines WHERE state = ? AND collected = ? GROUP BY 1",
+            (LineState.CREATED, Collected.WAITING),
+        )
+        return {e: float(c) for e, c in rows if c}
+
+    def first_result(self, engine: str) -> str | None:
+        """The result JSON of the engine's first stored result that has one."""
+        self.ensure_results()
+        row = self._db.execute(
+            "SELECT r.result FROM results r JOIN lines l ON l.task_id = r.task_id "
+            "WHERE r.result IS NOT NULL AND l.engine = ? ORDER BY r.seq LIMIT 1",
+            (engine,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL, for tests."""
         return list(self._db.execute(sql, args))
+
+    def lookup_unrecorded(self, tag: str) -> int | None:
+        """The one line in flight (in a batch written ahead, its reply not yet recorded) or
+        ``unknown`` with this tag: a result may arrive (by postback) before the POST's reply
+        is recorded. None when no line or several match."""
+        rows = self._db.execute(
+            "SELECT line FROM lines WHERE tag = ? AND engine = ? "
+            "AND state IN ('pending', 'unknown') LIMIT 2",
+            (tag, self.engine),
+        ).fetchall()
+        found = {int(r[0]) for r in rows}
+        found.update(f.line for f in self._in_flight() if f.tag == tag)
+        return found.pop() if len(found) == 1 else None
 
     # -- writing --------------------------------------------------------------------------
 
@@ -517,216 +679,10 @@ class Ledger:
         """``--resend-unknown``: the user accepts paying twice for what may exist already."""
         with _tx(self._db):
             cur = self._db.execute(
-                "UPDATE lines SET state = 'pending', reason = NULL WHERE state = 'unknown' "
-                "AND engine = ?",
-                (self.engine,),
+                "UPDATE lines SET state = ?, reason = NULL WHERE state = ? AND engine = ?",
+                (LineState.PENDING, LineState.UNKNOWN, self.engine),
             )
         return cur.rowcount
-
-    # -- results (collect, receive) -------------------------------------------------------
-    # Added for llmtasks._collect / llmtasks._receiver. Tables are created on first use with
-    # CREATE TABLE IF NOT EXISTS, so ledgers written before results existed still open.
-    # ``lines.collected``: 0 not yet, 1 result collected, 2 the task failed on the service.
-
-    def ensure_results(self) -> None:
-        """Create the results tables, and the index of task ids, if missing (idempotent)."""
-        self._db.executescript(_RESULTS_SCHEMA + _TASK_ID_INDEX)
-
-    def uncollected_count(self) -> int:
-        """Created tasks whose result is neither collected nor known to have failed."""
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM lines WHERE state = 'created' AND collected = 0 AND engine = ?",
-            (self.engine,),
-        ).fetchone()
-        return int(row[0])
-
-    def result_counts(self) -> dict[str, int]:
-        """``created`` tasks, and of them ``collected``, ``failed`` and ``waiting``."""
-        rows = self._db.execute(
-            "SELECT collected, COUNT(*) FROM lines WHERE state = 'created' AND engine = ? "
-            "GROUP BY collected",
-            (self.engine,),
-        )
-        by = {int(c): int(n) for c, n in rows}
-        return {
-            "created": sum(by.values()),
-            "collected": by.get(1, 0),
-            "failed": by.get(2, 0),
-            "waiting": by.get(0, 0),
-        }
-
-    def lookup_tasks(
-        self, task_ids: Sequence[str], *, uncollected_only: bool = True
-    ) -> dict[str, TaskRef]:
-        """The lines of these task ids (created lines only; by default not yet collected)."""
-        out: dict[str, TaskRef] = {}
-        extra = " AND collected = 0" if uncollected_only else ""
-        ids = list(task_ids)
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
-                f"AND engine = ? AND task_id IN ({','.join('?' * len(part))}){extra}",
-                [self.engine, *part],
-            )
-            for task_id, line, tag, collected in rows:
-                out[task_id] = TaskRef(task_id, line, tag, int(collected))
-        return out
-
-    def lookup_unrecorded(self, tag: str) -> int | None:
-        """The one line still in flight (``pending`` until its reply is recorded) or ``unknown``
-        with this tag: a result may arrive (by postback) before the POST's reply is recorded.
-        None when no line or several match."""
-        rows = self._db.execute(
-            "SELECT line FROM lines WHERE tag = ? AND engine = ? "
-            "AND state IN ('pending', 'unknown') LIMIT 2",
-            (tag, self.engine),
-        ).fetchall()
-        return int(rows[0][0]) if len(rows) == 1 else None
-
-    def uncollected(
-        self, *, limit: int, after_line: int = 0, sent_before: float | None = None
-    ) -> list[TaskRef]:
-        """Created, not collected, in line order after ``after_line`` (optionally only those
-        whose POST left before ``sent_before``, unix seconds)."""
-        if sent_before is None:
-            rows = self._db.execute(
-                "SELECT task_id, line, tag, collected FROM lines WHERE state = 'created' "
-                "AND collected = 0 AND engine = ? AND line > ? ORDER BY line LIMIT ?",
-                (self.engine, after_line, limit),
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT l.task_id, l.line, l.tag, l.collected FROM lines l "
-                "JOIN batches b ON b.batch_id = l.batch_id WHERE l.state = 'created' "
-                "AND l.collected = 0 AND l.engine = ? AND l.line > ? AND b.sent_at < ? "
-                "ORDER BY l.line LIMIT ?",
-                (self.engine, after_line, sent_before, limit),
-            )
-        return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
-
-    def mark_fetching(self, refs: Sequence[TaskRef]) -> None:
-        """Write-ahead before task_get: a fetched task leaves tasks_ready for good, so a run
-        killed between the fetch and the record must find these again and fetch them directly."""
-        if not refs:
-            return
-        now = time.time()
-        with _tx(self._db):
-            self._db.executemany(
-                "INSERT OR IGNORE INTO fetching (task_id, line, since) VALUES (?, ?, ?)",
-                [(r.task_id, r.line, now) for r in refs],
-            )
-
-    def unmark_fetching(self, task_ids: Sequence[str]) -> None:
-        if not task_ids:
-            return
-        with _tx(self._db):
-            self._db.executemany("DELETE FROM fetching WHERE task_id = ?", [(t,) for t in task_ids])
-
-    def fetching(self) -> list[TaskRef]:
-        """Tasks marked for fetching and not recorded since (an interrupted run's)."""
-        rows = self._db.execute(
-            "SELECT f.task_id, f.line, l.tag, l.collected FROM fetching f "
-            "JOIN lines l ON l.task_id = f.task_id WHERE l.engine = ? ORDER BY f.line",
-            (self.engine,),
-        )
-        return [TaskRef(a, b, c, int(d)) for a, b, c, d in rows]
-
-    def store_results(self, rows: Sequence[ResultRow]) -> int:
-        """Record results in one transaction; a task already recorded keeps its first result.
-        Returns how many were new."""
-        if not rows:
-            return 0
-        now = time.time()
-        new = 0
-        with _tx(self._db):
-            for r in rows:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO results (task_id, line, tag, ok, status_code, "
-                    "status_message, result, via, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        r.task_id,
-                        r.line,
-                        r.tag,
-                        int(r.ok),
-                        r.status_code,
-                        r.status_message,
-                        r.result,
-                        r.via,
-                        now,
-                    ),
-                )
-                if cur.rowcount:
-                    new += 1
-                    self._db.execute(
-                        "UPDATE lines SET collected = ?, reason = COALESCE(?, reason) "
-                        "WHERE task_id = ? AND line = ?",
-                        (1 if r.ok else 2, r.note, r.task_id, r.line),
-                    )
-                self._db.execute("DELETE FROM fetching WHERE task_id = ?", (r.task_id,))
-        return new
-
-    def results_after(self, seq: int, *, limit: int = 2000) -> list[tuple[Any, ...]]:
-        """(seq, line, tag, task_id, status_code, status_message, result JSON) in record order,
-        and in a fan-out ledger the task's engine."""
-        engine = (
-            ", (SELECT l.engine FROM lines l WHERE l.task_id = r.task_id)" if self.fanout else ""
-        )
-        return list(
-            self._db.execute(
-                "SELECT seq, line, tag, task_id, status_code, status_message, result"
-                f"{engine} FROM results r WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            )
-        )
-
-    def results_by_line(self) -> Iterator[CollectedRow]:
-        """Every collected task (failed ones too), in input-line order, streamed.
-
-        Walks ``lines`` in key order and finds each result by its task id (an index; CROSS
-        JOIN keeps SQLite from choosing the other order, which would sort every result
-        text), so nothing grows with the ledger. ``engine`` is the line's own when the
-        ledger has a per-line engine column, else the ledger's."""
-        self.ensure_results()
-        per_line = any(row[1] == "engine" for row in self._db.execute("PRAGMA table_info(lines)"))
-        engine = "l.engine" if per_line else "?"
-        args: tuple[Any, ...] = () if per_line else (self.engine,)
-        order = "l.line, l.engine" if per_line else "l.line"
-        cur = self._db.execute(
-            f"SELECT l.line, {engine}, l.tag, l.task_id, l.digest, l.cost, r.status_code, "
-            "r.status_message, r.result, r.at, b.sent_at FROM lines l "
-            "CROSS JOIN results r ON r.task_id = l.task_id "
-            "LEFT JOIN batches b ON b.batch_id = l.batch_id "
-            f"WHERE l.state = 'created' AND l.collected != 0 ORDER BY {order}",
-            args,
-        )
-        for row in cur:
-            yield CollectedRow(*row)
-
-    def output_mark(self, path: str) -> tuple[int, int] | None:
-        """(last result seq, file size) written to the results file ``path``."""
-        row = self._db.execute(
-            "SELECT seq, size FROM result_outputs WHERE path = ?", (path,)
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
-
-    def set_output_mark(self, path: str, seq: int, size: int) -> None:
-        with _tx(self._db):
-            self._db.execute(
-                "INSERT INTO result_outputs (path, seq, size) VALUES (?, ?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET seq = excluded.seq, size = excluded.size",
-                (path, seq, size),
-            )
-
-
-def pack_lines(lines: Sequence[int]) -> bytes:
-    return array.array("q", lines).tobytes()
-
-
-def _unpack(packed: bytes | None) -> list[int]:
-    out = array.array("q")
-    out.frombytes(packed or b"")
-    return out.tolist()
 
 
 def _receipt(row: tuple[Any, ...]) -> Receipt:
@@ -745,78 +701,53 @@ def _receipt(row: tuple[Any, ...]) -> Receipt:
     )
 
 
-class _tx:
-    """``with _tx(conn):`` one explicit transaction (the connection is in autocommit mode)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-_RESULTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    seq INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE,
-    line INTEGER NOT NULL,
-    tag TEXT,
-    ok INTEGER NOT NULL,
-    status_code INTEGER,
-    status_message TEXT,
-    result TEXT,
-    via TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fetching (
-    task_id TEXT PRIMARY KEY, line INTEGER NOT NULL, since REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS result_outputs (
-    path TEXT PRIMARY KEY, seq INTEGER NOT NULL, size INTEGER NOT NULL
-);
-"""
-
-
-class TaskRef(NamedTuple):
-    """A created task of this ledger: its id, input line and tag."""
-
-    task_id: str
-    line: int
-    tag: str | None
-    collected: int = 0
-
-
-class CollectedRow(NamedTuple):
-    """A created line with its stored result, for exports and the report. ``result`` is
-    the task's ``result`` JSON (None for a task that failed on the service); ``collected_at``
-    and ``sent_at`` are unix seconds (when the result was stored, when its POST left)."""
+class LineRef(NamedTuple):
+    """A recorded line, as reconcile looks for it on the service."""
 
     line: int
-    engine: str
     tag: str | None
-    task_id: str
-    digest: bytes
-    cost: float | None
-    status_code: int | None
-    status_message: str | None
-    result: str | None
-    collected_at: float
-    sent_at: float | None
+    prompt_digest: bytes | None
+    """Of a user's own tag's task (a generated tag names its line)."""
+    batch_id: int
+    """Its last POST (0: never sent)."""
 
 
-class ResultRow(NamedTuple):
-    """One task's final answer as stored: ``result`` is the task's JSON ``result`` (or None)."""
+class BatchSummary(NamedTuple):
+    calls: int
+    sending: int
+    """Written ahead and not recorded since (in flight, or cut off by a process that died)."""
+    first_call_at: float | None
+    last_call_at: float | None
 
-    task_id: str
+
+class SessionRow(NamedTuple):
+    session_id: int
+    started_at: float
+    ended_at: float | None
+    calls: int
+    cost: float
+
+
+class BatchState(StrEnum):
+    """``batches.state``: written ahead as ``SENDING``; then what became of the call."""
+
+    SENDING = "sending"
+    DONE = "done"
+    NOT_CREATED = "not_created"
+    UNKNOWN = "unknown"
+
+
+class InFlightLine(NamedTuple):
+    """A line of a batch written ahead and not recorded since. ``digest`` is None for a
+    batch written ahead before schema 3 (its lines are rows in the ledger, ``pending``)."""
+
     line: int
-    tag: str | None
-    ok: bool
-    status_code: int | None
-    status_message: str | None
-    result: str | None
-    via: str
-    note: str | None = None
-    """Why it failed, for the line's receipt (e.g. the refund of a task failed on the service)."""
+    batch_id: int
+    digest: bytes | None = None
+    tag: str | None = None
+    prompt_digest: bytes | None = None
+
+
+_decode_write_ahead = msgspec.msgpack.Decoder(
+    tuple[list[bytes], list[tuple[int, str, bytes]]]
+).decode

@@ -2,48 +2,66 @@
 
 Submit's writes queue here in the order they are made and are applied in that order, many
 to a transaction. A write-ahead (``mark_sending``) returns only once its transaction is
-committed, so no POST leaves before the record of its batch; outcomes and new lines are
-queued and the sender goes on. A slow disk then slows the next write-ahead, never a reply
-being read. Because the queue is first in, first out, a batch's lines are always recorded
-before its write-ahead, and its write-ahead before its outcome: a process killed at any
-moment leaves a prefix of these writes, which the next run reads as it always did.
+committed, so no POST leaves before the record of its batch; outcomes are queued and the
+sender goes on. A slow disk then slows the next write-ahead, never a reply being read.
+
+Each line is written once, at its outcome. Until then the batch's write-ahead row is its
+record: line numbers, input digests and the tags that are not generated from the line
+number, all in that one row. A batch's outcome (its lines inserted, its row updated) is one
+transaction and comes after its write-ahead in the queue, so a process killed at any moment
+leaves, for each batch, either its write-ahead alone (the next run marks its lines
+``unknown`` from it, see ``Ledger.recover_interrupted``) or its outcome.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from llmtasks._errors import LlmtasksError
+from llmtasks._receipt import Receipt
+from llmtasks._task import ENGINES
+
+if TYPE_CHECKING:
+    from llmtasks._batching import Batch
 
 # One transaction takes whatever has queued up to this many writes: enough to make the
 # per-commit cost vanish at any rate the service allows, few enough to keep a commit short.
 _MAX_OPS_PER_TX: Final = 256
 
-_INSERT_LINES: Final = (
-    "INSERT INTO lines (line, digest, state, tag, prompt_digest, field, reason, engine) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# A line is written once, at its outcome: an insert, or an update of the row an earlier run
+# left (``pending``: not sent then; ``unknown`` sent again with ``--resend-unknown``). The
+# engine is one of ENGINES (checked), so it is part of the statement, not of every row.
+_UPSERT_CREATED: Final = (
+    "INSERT INTO lines (line, engine, digest, state, tag, task_id, status_code, status_message, "
+    "cost, batch_id) VALUES (?, '{engine}', ?, 'created', ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (line, engine) DO UPDATE SET state = 'created', task_id = excluded.task_id, "
+    "status_code = excluded.status_code, status_message = excluded.status_message, "
+    "cost = excluded.cost, field = NULL, reason = NULL, batch_id = excluded.batch_id"
 )
-# The two statements of nearly every line, with as few parameters as they need.
-_INSERT_PENDING: Final = (
-    "INSERT INTO lines (line, digest, state, tag, engine) VALUES (?, ?, 'pending', ?, ?)"
+_UPSERT_LINE: Final = (
+    "INSERT INTO lines (line, engine, digest, state, tag, prompt_digest, task_id, status_code, "
+    "status_message, cost, field, reason, batch_id) "
+    "VALUES (?, '{engine}', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (line, engine) DO UPDATE SET state = excluded.state, tag = excluded.tag, "
+    "prompt_digest = COALESCE(excluded.prompt_digest, prompt_digest), "
+    "task_id = excluded.task_id, status_code = excluded.status_code, "
+    "status_message = excluded.status_message, cost = excluded.cost, field = excluded.field, "
+    "reason = excluded.reason, batch_id = COALESCE(excluded.batch_id, batch_id)"
 )
-_UPDATE_CREATED: Final = (
-    "UPDATE lines SET state = 'created', task_id = ?, status_code = 20100, status_message = ?, "
-    "cost = ?, batch_id = ? WHERE line = ? AND engine = ?"
+_INSERT_BATCH: Final = (
+    "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines, write_ahead, engine) "
+    "VALUES (?, 'sending', ?, ?, ?, ?, '{engine}')"
 )
 _UPDATE_BATCH: Final = (
     "UPDATE batches SET state = ?, done_at = ?, http_status = ?, status_code = ?, "
     "attempts = ?, note = ? WHERE batch_id = ?"
-)
-_UPDATE_LINES: Final = (
-    "UPDATE lines SET state = ?, task_id = ?, status_code = ?, status_message = ?, "
-    "cost = ?, field = ?, reason = ?, batch_id = ? WHERE line = ? AND engine = ?"
 )
 
 
@@ -63,9 +81,14 @@ class LedgerWriter:
         owned: bool = False,
         engine: str = "chat_gpt",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"not an engine: {engine!r}")
         self._db = db
         #: Every line and batch this writer records is this engine's.
         self._engine = engine
+        self._created_sql = _UPSERT_CREATED.format(engine=engine)
+        self._line_sql = _UPSERT_LINE.format(engine=engine)
+        self._batch_sql = _INSERT_BATCH.format(engine=engine)
         self._owned = owned
         # Held for each transaction: a ``:memory:`` ledger shares its one connection with
         # the readers on the loop thread.
@@ -82,33 +105,42 @@ class LedgerWriter:
 
     # -- queued writes (called on the loop) -------------------------------------------------
 
-    def add_lines(
-        self, pending: Sequence[tuple[int, bytes, str]], others: Sequence[tuple[Any, ...]] = ()
-    ) -> None:
-        """Insert lines (one transaction): to send as (line, digest, tag), and any others as
-        ``NewLine`` rows; not waited for."""
-        if pending or others:
-            self._put(("lines", pending, others))
+    def add_lines(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Lines that were not sent, at their outcome (rejected, skipped, or left pending by
+        a run that stopped), as ``NewLine`` rows; not waited for."""
+        if rows:
+            self._put(("lines", rows))
 
-    async def mark_sending(self, session_id: int, lines: bytes, n: int) -> int:
-        """Insert a batch row as ``sending`` and return its id once it is committed."""
+    async def mark_sending(self, session_id: int, batch: Batch) -> int:
+        """Insert the batch's write-ahead row (``sending``, its lines, their digests and tags)
+        and return its id once it is committed."""
         fut = self._future()
-        self._put(("sending", fut, session_id, n, time.time(), lines))
+        self._put(
+            (
+                "sending",
+                fut,
+                session_id,
+                len(batch.lines),
+                time.time(),
+                pack_lines(batch.lines),
+                batch.write_ahead(),
+            )
+        )
         batch_id: int = await fut
         return batch_id
 
     def record(
         self,
-        batch_id: int,
-        batch: tuple[Any, ...],
-        lines: Sequence[tuple[Any, ...]],
-        created: Sequence[tuple[Any, ...]] = (),
+        batch_id: int | None,
+        end: tuple[Any, ...],
+        batch: Batch,
+        receipts: Sequence[Receipt] = (),
     ) -> None:
-        """A batch's end (state, http_status, status_code, attempts, note) and its lines'
-        outcomes: ``lines`` as (state, task_id, status_code, status_message, cost, field,
-        reason, batch_id, line), ``created`` as (task_id, status_message, cost, batch_id,
-        line); not waited for."""
-        self._put(("record", batch_id, time.time(), batch, lines, created))
+        """A batch's end (state, http_status, status_code, attempts, note) and, when
+        ``receipts`` are given (one per line of ``batch``, in its order), its lines'
+        outcomes; not waited for. A call that is retried records no lines: they are still
+        on their way. ``batch_id`` None: lines that were never sent (the run stopped)."""
+        self._put(("record", batch_id, time.time(), end, batch, receipts))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (raises if it could not be)."""
@@ -159,33 +191,36 @@ class LedgerWriter:
         failure: BaseException | None = self.error
         if failure is None and ops:
             db = self._db
-            eng = self._engine
             try:
                 with self._lock:
                     db.execute("BEGIN IMMEDIATE")
                     try:
                         for op in ops:
                             kind = op[0]
-                            if kind == "lines":
-                                if op[1]:
-                                    db.executemany(_INSERT_PENDING, [(*r, eng) for r in op[1]])
-                                if op[2]:
-                                    db.executemany(_INSERT_LINES, [(*r, eng) for r in op[2]])
+                            if kind == "record":
+                                _, batch_id, at, end, batch, receipts = op
+                                if batch_id is not None:
+                                    db.execute(_UPDATE_BATCH, (end[0], at, *end[1:], batch_id))
+                                if receipts:
+                                    created, others = _outcome_rows(batch_id, batch, receipts)
+                                    if created:
+                                        db.executemany(self._created_sql, created)
+                                    if others:
+                                        db.executemany(self._line_sql, others)
                             elif kind == "sending":
-                                _, fut, session_id, n, at, packed = op
+                                _, fut, session_id, n, at, packed, write_ahead = op
                                 cur = db.execute(
-                                    "INSERT INTO batches (session_id, state, n_tasks, sent_at, "
-                                    "lines, engine) VALUES (?, 'sending', ?, ?, ?, ?)",
-                                    (session_id, n, at, packed, eng),
+                                    self._batch_sql, (session_id, n, at, packed, write_ahead)
                                 )
                                 results.append((fut, int(cur.lastrowid or 0)))
-                            elif kind == "record":
-                                _, batch_id, at, b, lines, created = op
-                                db.execute(_UPDATE_BATCH, (b[0], at, *b[1:], batch_id))
-                                if created:
-                                    db.executemany(_UPDATE_CREATED, [(*r, eng) for r in created])
-                                if lines:
-                                    db.executemany(_UPDATE_LINES, [(*r, eng) for r in lines])
+                            elif kind == "lines":
+                                db.executemany(
+                                    self._line_sql,
+                                    [
+                                        (*r[:5], None, None, None, None, r[5], r[6], None)
+                                        for r in op[1]
+                                    ],
+                                )
                             else:
                                 results.append((op[1], None))
                         db.execute("COMMIT")
@@ -202,6 +237,75 @@ class LedgerWriter:
         assert loop is not None
         for fut, value in results:
             loop.call_soon_threadsafe(_settle, fut, value, self.error)
+
+
+def _outcome_rows(
+    batch_id: int | None, batch: Batch, receipts: Sequence[Receipt]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rows of a batch's outcomes: created lines (nearly all of them, with the fewest
+    parameters), and the others."""
+    digests = batch.digests
+    if len(receipts) != len(digests):
+        raise ValueError(f"{len(receipts)} outcomes for a batch of {len(digests)} lines")
+    created: list[tuple[Any, ...]] = []
+    others: list[tuple[Any, ...]] = []
+    prompts = dict(batch.user_tags) if batch.user_tags else {}
+    for i, r in enumerate(receipts):
+        if r.state == "created":
+            created.append(
+                (
+                    r.line,
+                    digests[i],
+                    r.tag,
+                    r.task_id,
+                    r.status_code,
+                    r.status_message,
+                    r.cost,
+                    batch_id,
+                )
+            )
+        else:
+            others.append(
+                (
+                    r.line,
+                    digests[i],
+                    r.state,
+                    r.tag,
+                    prompts.get(i),
+                    r.task_id,
+                    r.status_code,
+                    r.status_message,
+                    r.cost,
+                    r.field,
+                    r.reason,
+                    batch_id,
+                )
+            )
+    return created, others
+
+
+def pack_lines(lines: Sequence[int]) -> bytes:
+    """Line numbers as the write-ahead row keeps them (``batches.lines``)."""
+    return array.array("q", lines).tobytes()
+
+
+def unpack_lines(packed: bytes | None) -> list[int]:
+    out = array.array("q")
+    out.frombytes(packed or b"")
+    return out.tolist()
+
+
+class tx:
+    """``with tx(conn):`` one explicit transaction (the connection is in autocommit mode)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

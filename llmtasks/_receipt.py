@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final, Literal
 
 import msgspec
@@ -18,6 +19,17 @@ STATES: Final[tuple[State, ...]] = (
     "skipped",
     "unknown",
 )
+
+
+class LineState(StrEnum):
+    """``State`` as an enum, for the ledger's code (its values are the states)."""
+
+    PENDING = "pending"
+    CREATED = "created"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
 
 
 class Receipt(msgspec.Struct, frozen=True, omit_defaults=True):

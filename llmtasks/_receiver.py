@@ -381,7 +381,7 @@ class Receiver:
         if not tag or c is None or c.ledger is None:
             return None
         line = c.ledger.lookup_unrecorded(tag)
-        return None if line is None else TaskRef(task_id, line, tag, 0)
+        return None if line is None else TaskRef(task_id, line, tag)
 
     def _forbid(self, request: web.Request) -> web.Response:
         self.stats.forbidden += 1

@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from llmtasks._errors import AuthError, ServiceError
-from llmtasks._ledger import Ledger
+from llmtasks._ledger import Ledger, LineRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
@@ -229,7 +229,7 @@ async def _tasks_ready(
     transport: Transport,
     throttle: Throttle,
     engine: str,
-    missing: list[tuple[int, str | None, bytes | None, int]],
+    missing: list[LineRef],
     found: dict[int, Receipt],
     report: ReconcileReport,
 ) -> None:

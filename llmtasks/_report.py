@@ -73,27 +73,17 @@ class RunFacts:
 def gather(ledger: Ledger, *, limit_per_minute: float) -> RunFacts:
     """Read everything the report shows, streaming the results once."""
     engines: defaultdict[str, EngineFacts] = defaultdict(EngineFacts)
-    calls = [float(t) for (t,) in ledger.query("SELECT sent_at FROM batches ORDER BY sent_at")]
-    ((retries,),) = ledger.query("SELECT COALESCE(SUM(MAX(attempts, 1) - 1), 0) FROM batches")
-    engine_col = any(r[1] == "engine" for r in ledger.query("PRAGMA table_info(lines)"))
-    group = "engine" if engine_col else "?"
-    args: tuple[Any, ...] = () if engine_col else (ledger.engine,)
+    calls = ledger.call_times()
+    retries = ledger.retries()
     ledger.ensure_results()
-    for engine, state, collected, n in ledger.query(
-        f"SELECT {group}, state, collected, COUNT(*) FROM lines GROUP BY 1, 2, 3", args
-    ):
+    for engine, state, collected, n in ledger.line_counts():
         if state == "created":
             state = ("waiting for a result", "collected", "failed on the service")[collected]
         engines[engine].states[state] += n
     cost: defaultdict[tuple[str, str], float] = defaultdict(float)
     spent: defaultdict[tuple[str, str], float] = defaultdict(float)
-    for engine, n_cost in ledger.query(
-        f"SELECT {group}, SUM(cost) FROM lines WHERE state = 'created' AND collected = 0 "
-        "GROUP BY 1",
-        args,
-    ):
-        if n_cost:
-            cost[(engine, _NOT_COLLECTED)] += n_cost
+    for engine, n_cost in ledger.uncollected_cost().items():
+        cost[(engine, _NOT_COLLECTED)] += n_cost
     for row, flat in flattened(ledger):
         e = engines[row.engine]
         model = flat.model_name or _NOT_COLLECTED

@@ -11,34 +11,26 @@ from llmtasks._words import count
 
 def ledger_status(ledger: Ledger) -> dict[str, Any]:
     """Everything ``llmtasks status`` shows, as plain data (``--json`` prints it as is)."""
-    meta = dict(ledger.query("SELECT key, value FROM meta"))
+    meta = ledger.meta()
     states = ledger.counts(all_engines=True)
-    codes = {
-        str(code): n
-        for code, n in ledger.query(
-            "SELECT status_code, COUNT(*) FROM lines WHERE status_code IS NOT NULL "
-            "GROUP BY status_code ORDER BY status_code"
-        )
-    }
-    ((cost, collected),) = ledger.query(
-        "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(collected), 0) FROM lines "
-        "WHERE state = 'created'"
-    )
-    ((sending,),) = ledger.query("SELECT COUNT(*) FROM batches WHERE state = 'sending'")
-    ((first, last, n_batches),) = ledger.query(
-        "SELECT MIN(sent_at), MAX(COALESCE(done_at, sent_at)), COUNT(*) FROM batches"
+    codes = {str(code): n for code, n in ledger.status_code_counts().items()}
+    cost, collected = ledger.created_totals()
+    calls = ledger.batch_summary()
+    sending, first, last, n_batches = (
+        calls.sending,
+        calls.first_call_at,
+        calls.last_call_at,
+        calls.calls,
     )
     sessions = [
         {
             "session": sid,
             "started_at": started,
             "ended_at": ended,
-            "calls": calls,
+            "calls": n_calls,
             "cost_usd": round(scost, 6),
         }
-        for sid, started, ended, calls, scost in ledger.query(
-            "SELECT session_id, started_at, ended_at, calls, cost FROM sessions ORDER BY session_id"
-        )
+        for sid, started, ended, n_calls, scost in ledger.sessions()
     ]
     return {
         "ledger": ledger.path,

@@ -34,6 +34,7 @@ from llmtasks._account import (
     AccountUnavailable,
     read_account,
 )
+from llmtasks._batching import Batch, chunked
 from llmtasks._decode import Completer, InputLine, decode_record
 from llmtasks._errors import (
     ConfigError,
@@ -41,13 +42,13 @@ from llmtasks._errors import (
     InputError,
     LlmtasksError,
 )
-from llmtasks._ledger import Ledger, pack_lines
+from llmtasks._ledger import Ledger
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._lines import record_digest
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
-from llmtasks._receipt import Receipt
+from llmtasks._receipt import Receipt, State
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
     ENGINES,
@@ -74,7 +75,6 @@ log = logging.getLogger("llmtasks")
 
 #: The most one task can cost: the documented example charges $0.0102 (prepayment $0.01).
 DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
-_READ_CHUNK: Final = 1024
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -115,24 +115,6 @@ class RunStats:
 
     def count(self, state: str, n: int = 1) -> None:
         self.by_state[state] = self.by_state.get(state, 0) + n
-
-
-class _Batch:
-    """Up to 100 tasks on their way: line numbers, tags and each task's JSON, encoded once
-    when read (the tag and push URLs spliced in, no copy of the task object)."""
-
-    __slots__ = ("lines", "parts", "tags")
-
-    def __init__(self) -> None:
-        self.lines: list[int] = []
-        self.tags: list[str] = []
-        self.parts: list[bytes] = []
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def body(self) -> bytes:
-        return b"[" + b",".join(self.parts) + b"]"
 
 
 _encode_task = msgspec.json.Encoder().encode
@@ -488,14 +470,14 @@ class Submitter:
         self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
     ) -> AsyncIterator[Receipt]:
         """Submit lines from ``llmtasks._input.read_lines`` (or built the same way)."""
-        return self._run(_chunked(lines))
+        return self._run(chunked(lines))
 
     def submit_lines_batched(
         self, lines: Iterable[InputLine] | AsyncIterable[InputLine]
     ) -> AsyncIterator[list[Receipt]]:
         """``submit_lines``, the receipts in lists as they are recorded (the CLI's way: one
         step of the iterator per call instead of per task)."""
-        return self._run_batches(_chunked(lines))
+        return self._run_batches(chunked(lines))
 
     async def verify(self, lines: Iterable[InputLine] | AsyncIterable[InputLine]) -> None:
         """Refuse (``InputError``) an input that is not the one this ledger recorded, before
@@ -504,7 +486,7 @@ class Submitter:
         assert ledger is not None
         last_known = ledger.last_line()
         seen = 0
-        async for chunk in _chunked(lines):
+        async for chunk in chunked(lines):
             if chunk[0].line > last_known:
                 return
             known = ledger.known(chunk[0].line, chunk[-1].line)
@@ -541,7 +523,7 @@ class Submitter:
             raise RuntimeError("use 'async with Submitter(...)' before submitting")
         out: asyncio.Queue[list[Receipt] | None] = asyncio.Queue(maxsize=256)
         self._out = out
-        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         producer = asyncio.create_task(self._produce(chunks, batches))
         # Twice as many senders as slots: a sender recording its last reply or encoding its
         # next body does not hold a slot, and another one takes it meanwhile.
@@ -598,7 +580,7 @@ class Submitter:
             await self._out.put(receipts)
 
     async def _produce(
-        self, chunks: AsyncIterator[list[InputLine]], batches: asyncio.Queue[_Batch | None]
+        self, chunks: AsyncIterator[list[InputLine]], batches: asyncio.Queue[Batch | None]
     ) -> None:
         ledger, writer = self.ledger, self._writer
         assert ledger is not None and writer is not None
@@ -612,81 +594,97 @@ class Submitter:
         ]
         shard = self.shard
         size = self.batch_size
-        batch = _Batch()
+        batch = Batch()
+        encode = _encode_task
         async for chunk in chunks:
             if self._halted():
                 return
-            known = (
-                ledger.known(chunk[0].line, chunk[-1].line) if chunk[0].line <= last_known else {}
-            )
-            rows: list[tuple[Any, ...]] = []
-            pending: list[tuple[int, bytes, str]] = []
-            receipts: list[Receipt] = []
-            n_read = 0
-            for il in chunk:
-                line = il.line
-                if shard is not None and (line - 1) % shard[1] != shard[0] - 1:
-                    continue  # another process's line
-                n_read += 1
-                task = il.task
-                prior = known.get(line) if known else None
-                if prior is not None:
-                    digest, state = prior
-                    if digest != il.digest:
-                        raise self._changed(f"line {line} is not the line recorded")
-                    if state != "pending" or task is None:
-                        self.stats.already_done += 1
-                        continue
-                elif task is None:
-                    state = "skipped" if il.skipped else "rejected"
-                    fld = None if il.skipped else il.field
-                    rows.append((line, il.digest, state, None, None, fld, il.reason))
-                    receipts.append(Receipt(line=line, state=state, field=fld, reason=il.reason))
+            if shard is not None:
+                # Another process's lines are not ours to read.
+                chunk = [il for il in chunk if (il.line - 1) % shard[1] == shard[0] - 1]
+                if not chunk:
                     continue
-                part = _encode_task(task)
+            self.stats.lines_read += len(chunk)
+            if chunk[0].line <= last_known:
+                chunk = self._not_done(chunk, ledger.known(chunk[0].line, chunk[-1].line))
+            rows: list[tuple[Any, ...]] = []
+            receipts: list[Receipt] = []
+            # The batch left open by the last chunk goes on filling; full ones are cut after.
+            add_line, add_tag = batch.lines.append, batch.tags.append
+            add_part, add_digest = batch.parts.append, batch.digests.append
+            for il in chunk:
+                task = il.task
+                if task is None:
+                    state: State = "skipped" if il.skipped else "rejected"
+                    fld = None if il.skipped else il.field
+                    rows.append((il.line, il.digest, state, None, None, fld, il.reason))
+                    receipts.append(Receipt(line=il.line, state=state, field=fld, reason=il.reason))
+                    continue
+                line = il.line
+                part = encode(task)
                 tag = task.tag
                 if tag is None:
                     tag = f"{tag_prefix}{line}"
                     part = part[:-1] + splice % line if len(part) > 2 else b"{" + splice[1:] % line
-                    if prior is None:
-                        # No prompt digest: reconcile finds a generated tag's line by the tag.
-                        pending.append((line, il.digest, tag))
-                elif prior is None:
+                else:
+                    # Reconcile finds a user's tag's line by tag and prompt; a generated tag
+                    # names its line.
                     prompt = prompt_digest(task.user_prompt or "")
-                    rows.append((line, il.digest, "pending", tag, prompt, None, None))
-                for name, extra in push:
-                    if getattr(task, name) is None:
-                        part = part[:-1] + extra + b"}"
-                batch.lines.append(line)
-                batch.tags.append(tag)
-                batch.parts.append(part)
-                if len(batch.lines) == size:
-                    # Lines are queued for the ledger before their batch can be written ahead.
-                    writer.add_lines(pending, rows)
-                    rows, pending = [], []
-                    await batches.put(batch)
-                    batch = _Batch()
-            self.stats.lines_read += n_read
-            writer.add_lines(pending, rows)
+                    batch.user_tags.append((len(batch.lines), prompt))
+                if push:
+                    for name, extra in push:
+                        if getattr(task, name) is None:
+                            part = part[:-1] + extra + b"}"
+                add_line(line)
+                add_tag(tag)
+                add_part(part)
+                add_digest(il.digest)
+            # Lines that will not be sent: their outcome now, the only write they get.
+            writer.add_lines(rows)
             await self._emit(receipts)
-        if batch.lines and not self._halted():
-            await batches.put(batch)
+            for full in batch.cut(size):
+                await batches.put(full)
+        if batch.lines:
+            if self._halted():
+                await self._leave_pending(batch, "not sent: the run stopped")
+            else:
+                await batches.put(batch)
 
-    async def _send_loop(self, batches: asyncio.Queue[_Batch | None]) -> None:
+    def _not_done(
+        self, chunk: list[InputLine], known: Mapping[int, tuple[bytes, str]]
+    ) -> list[InputLine]:
+        """A resumed run: the lines of ``chunk`` still to do. A recorded line must be the
+        line read now; one in a final state is done."""
+        todo: list[InputLine] = []
+        for il in chunk:
+            prior = known.get(il.line)
+            if prior is not None:
+                digest, state = prior
+                if digest != il.digest:
+                    raise self._changed(f"line {il.line} is not the line recorded")
+                if state != "pending" or il.task is None:
+                    self.stats.already_done += 1
+                    continue
+            todo.append(il)
+        return todo
+
+    async def _send_loop(self, batches: asyncio.Queue[Batch | None]) -> None:
         while (batch := await batches.get()) is not None:
             if self._halted():
                 await self._leave_pending(batch, "not sent: the run stopped")
                 continue
             await self._send(batch)
 
-    async def _leave_pending(self, batch: _Batch, reason: str) -> None:
-        await self._emit(
-            [
-                Receipt(line=line, state="pending", tag=tag, reason=reason)
-                for line, tag in zip(batch.lines, batch.tags, strict=True)
-            ],
-            "pending",
-        )
+    async def _leave_pending(self, batch: Batch, reason: str) -> None:
+        """Lines not sent by this run (it stopped): recorded ``pending`` for the next."""
+        receipts = [
+            Receipt(line=line, state="pending", tag=tag, reason=reason)
+            for line, tag in zip(batch.lines, batch.tags, strict=True)
+        ]
+        writer = self._writer
+        assert writer is not None
+        writer.record(None, (), batch, receipts)
+        await self._emit(receipts, "pending")
 
     def _budget_allows(self, n_tasks: int) -> bool:
         if self.max_cost_usd is None:
@@ -694,10 +692,9 @@ class Submitter:
         worst = n_tasks * self.max_task_cost_usd
         return self.stats.cost_usd + self.stats.reserved_usd + worst <= self.max_cost_usd + 1e-9
 
-    async def _send(self, batch: _Batch) -> None:
+    async def _send(self, batch: Batch) -> None:
         writer, ledger = self._writer, self.ledger
         assert writer is not None and ledger is not None
-        packed = pack_lines(batch.lines)
         body = batch.body()
         worst = len(batch) * self.max_task_cost_usd
         auth_glitches = 0
@@ -727,9 +724,7 @@ class Submitter:
                 self.stats.reserved_usd += worst
                 try:
                     # Committed before the POST leaves: see _ledger_writer.
-                    batch_id = await writer.mark_sending(
-                        ledger.session_id or 0, packed, len(batch.lines)
-                    )
+                    batch_id = await writer.mark_sending(ledger.session_id or 0, batch)
                     self.stats.note_call(called_at)
                     reply = await self.transport.post(self.path, body)
                 except LedgerWriteError as exc:
@@ -776,7 +771,7 @@ class Submitter:
 
     async def _record_all(
         self,
-        batch: _Batch,
+        batch: Batch,
         batch_id: int,
         state: Any,
         reply: Reply,
@@ -799,29 +794,28 @@ class Submitter:
             )
             for line, tag in zip(batch.lines, batch.tags, strict=True)
         ]
-        writer.record(
-            batch_id,
-            (
-                "unknown" if state == "unknown" else "not_created",
-                reply.http_status,
-                code,
-                attempt,
-                reply.message,
-            ),
-            [(state, None, code, message, None, None, reason, batch_id, r.line) for r in receipts],
+        end = (
+            "unknown" if state == "unknown" else "not_created",
+            reply.http_status,
+            code,
+            attempt,
+            reply.message,
         )
         if emit:
+            writer.record(batch_id, end, batch, receipts)
             await self._emit(receipts, state)
+        else:
+            # Retried: the lines are still on their way, and get their one row at the end.
+            writer.record(batch_id, end, batch)
 
-    async def _record_ok(self, batch: _Batch, batch_id: int, reply: Reply, attempt: int) -> None:
+    async def _record_ok(self, batch: Batch, batch_id: int, reply: Reply, attempt: int) -> None:
         writer = self._writer
         env = reply.envelope
         assert writer is not None and env is not None
         replies = env.tasks or []
         n_replies = len(replies)
         receipts: list[Receipt] = []
-        rows: list[tuple[Any, ...]] = []
-        created: list[tuple[Any, ...]] = []
+        all_created = True
         cost = 0.0
         for i, line in enumerate(batch.lines):
             tag = batch.tags[i]
@@ -832,7 +826,6 @@ class Submitter:
                 if code == 20100 and (echoed is None or echoed == tag):
                     # The common case, kept short: one receipt and one row per task.
                     receipts.append(Receipt(line, "created", tag, t.id, 20100, msg, task_cost))
-                    created.append((t.id, msg, task_cost, batch_id, line))
                     cost += task_cost or 0.0
                     continue
                 if echoed is not None and echoed != tag:
@@ -883,24 +876,12 @@ class Submitter:
                     reason="the service answered fewer tasks than were sent",
                 )
             receipts.append(r)
-            rows.append(
-                (
-                    r.state,
-                    r.task_id,
-                    r.status_code,
-                    r.status_message,
-                    r.cost,
-                    r.field,
-                    r.reason,
-                    batch_id,
-                    line,
-                )
-            )
+            all_created = False
         self.stats.cost_usd += env.cost if env.cost is not None else cost
         writer.record(
-            batch_id, ("done", reply.http_status, env.status_code, attempt, None), rows, created
+            batch_id, ("done", reply.http_status, env.status_code, attempt, None), batch, receipts
         )
-        await self._emit(receipts, "created" if not rows else None)
+        await self._emit(receipts, "created" if all_created else None)
 
 
 def _field_of(message: str) -> str | None:
@@ -931,26 +912,3 @@ async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any
     else:
         for item in items:
             yield item
-
-
-async def _chunked(
-    lines: Iterable[InputLine] | AsyncIterable[InputLine],
-) -> AsyncIterator[list[InputLine]]:
-    if isinstance(lines, AsyncIterable):
-        chunk: list[InputLine] = []
-        async for il in lines:
-            chunk.append(il)
-            if len(chunk) >= _READ_CHUNK:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        return
-    # A sync iterator reads files: do it in a worker thread so the loop never waits on I/O.
-    it: Iterator[InputLine] = iter(lines)
-    while chunk := await asyncio.to_thread(_take, it, _READ_CHUNK):
-        yield chunk
-
-
-def _take(it: Iterator[InputLine], n: int) -> list[InputLine]:
-    return list(itertools.islice(it, n))

@@ -287,7 +287,7 @@ def test_a_ledger_written_before_fanout_still_resumes(tmp_path: Path) -> None:
     ledger = Ledger.open(path, engine="claude")
     assert ledger.engines == ("claude",) and not ledger.fanout
     assert ledger.tag_prefix == "llmtasks:abcd1234:"  # the tags it generated before
-    assert ledger.query("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    assert ledger.meta()["schema"] == "3"
     assert ledger.recover_interrupted() == 1
     assert ledger.counts() == {"created": 1, "unknown": 1}
     assert [(r.line, r.state, r.engine) for r in ledger.receipts()] == [

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from llmtasks._ledger import Ledger
 from tests.conftest import read_jsonl, run_cli, spawn_cli, write_prompts
 
 
@@ -31,12 +32,22 @@ def _ledger_rows(path: Path) -> dict[int, tuple[str, str | None, str | None]]:
         in_flight: set[int] = set()
         for (packed,) in db.execute("SELECT lines FROM batches WHERE state = 'sending'"):
             in_flight.update(array.array("q", packed).tolist())
-        return {
+        rows = {
             line: ("sending" if line in in_flight else state, tag, task_id)
             for line, state, tag, task_id in db.execute(
                 "SELECT line, state, tag, task_id FROM lines"
             )
         }
+    if in_flight - rows.keys():
+        # Since ledger schema 3 a line is written once, at its outcome: until then its tag
+        # is in its batch's write-ahead row.
+        ledger = Ledger.open_existing(path)
+        try:
+            for f in ledger.in_flight():
+                rows.setdefault(f.line, ("sending", f.tag, None))
+        finally:
+            ledger.close()
+    return rows
 
 
 def _assert_consistent(emu: Any, ledger: Path, n_lines: int) -> None:
