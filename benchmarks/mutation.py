@@ -75,10 +75,13 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "llmtasks/_ledger.py",
         (
+            "tests/test_ledger_core.py",
             "tests/test_ledger_resume.py",
             "tests/test_submit_lib.py",
             "tests/test_ledger_writer.py",
-            "tests/test_reconcile_matching.py",
+            # Not tests/test_reconcile_matching.py: it reaches the ledger only through
+            # lines_in_state, batch_times and resolve, which test_ledger_core.py covers, and
+            # its real backoffs make every mutant that survives cost minutes.
             "tests/test_collect.py",
             "-k",
             # These start the CLI (the unmutated package).
@@ -109,6 +112,19 @@ TARGETS: tuple[Target, ...] = (
         ),
     ),
 )
+
+# Modules whose string constants include SQL statements (SQLite): see sql_case_only.
+SQL_MODULES = ("llmtasks._ledger.",)
+_SQL_WORD = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|ALTER|FROM|WHERE|VALUES|SET|AND|IN|ORDER BY"
+    r"|GROUP BY|LIMIT|JOIN|COUNT|SUM|COALESCE)\b"
+)
+_SQL_LITERAL = re.compile(r"'[^']*'")
+SQL_CASE = (
+    "SQLite reads keywords, function, table, column and pragma names (and pragma values) "
+    "without regard to case; the statement's quoted literals are unchanged: the same statement"
+)
+
 
 # Survivors that no test can tell from the original, keyed by the mutated function and the
 # mutated line as it reads after the mutation (mutant numbers shift whenever the code
@@ -363,6 +379,114 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "for attempt in range(1, _MAX_TRIES + 2):",
         )
     },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁreceipts", line): (
+            "a column name in SQLite is read without regard to case, and so is NULL"
+        )
+        for line in (
+            "f\"{'ENGINE' if self.fanout else 'NULL'} FROM lines WHERE line >= ?\"",
+            "f\"{'engine' if self.fanout else 'null'} FROM lines WHERE line >= ?\"",
+        )
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁfor_engine", line): (
+            "a view of a :memory: ledger takes no lock whatever _view says: lock() returns "
+            "first for that path"
+        )
+        for line in ("view._view = None", "view._view = False")
+    },
+    **{
+        (
+            f"llmtasks._ledger.xǁLedgerǁ{function}",
+            f"conn = sqlite3.connect({'spath' if function == 'open' else 'self.path'}, {args})",
+        ): (
+            "every write goes through tx() (an explicit BEGIN IMMEDIATE ... COMMIT), inside "
+            "which the sqlite3 module opens no transaction of its own, and reads open none: "
+            "its default isolation level and None (autocommit) run the same statements"
+            if args.startswith("check")
+            else "the ledger's own connection (and a view's) is used only on the thread that "
+            "opened it: the one thread that is not (the writer's) has a connection of its own "
+            "for a file ledger"
+        )
+        for function, args in (
+            ("for_engine", "check_same_thread=False"),
+            ("for_engine", "isolation_level=None, "),
+            ("for_engine", "isolation_level=None, check_same_thread=True"),
+            ("writer", "check_same_thread=False"),
+            ("open", "check_same_thread=False"),
+        )
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁbatch_times", line): (
+            "the ids are read 500 at a time only to stay under SQLite's limit on a "
+            "statement's parameters; chunks that overlap (a step of 1, or 501 ids each) read "
+            "some batches twice into the same dict"
+        )
+        for line in ("for i in range(0, len(ids), ):", "part = ids[i : i + 501]")
+    },
+    **{
+        (f"llmtasks._ledger.xǁLedgerǁ{function}", line): (
+            "an INSERT into a table with an INTEGER PRIMARY KEY sets lastrowid to the new "
+            "row's id, 1 or more: the fallback is never taken"
+        )
+        for function, line in (
+            ("mark_sending", "return int(cur.lastrowid or 1)"),
+            ("begin_session", "self.session_id = int(cur.lastrowid or 1)"),
+        )
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁopen_existing", f"conn = sqlite3.connect(spath, {args})"): (
+            "every write goes through tx() (an explicit BEGIN IMMEDIATE ... COMMIT), inside "
+            "which the sqlite3 module opens no transaction of its own, and reads open none: "
+            "its default isolation level and None (autocommit) run the same statements"
+            if args.startswith("check")
+            else "the ledger's own connection is used only on the thread that opened it (the "
+            "writer thread of a file ledger has a connection of its own)"
+        )
+        for args in (
+            "check_same_thread=False",
+            "isolation_level=None, ",
+            "isolation_level=None, check_same_thread=True",
+        )
+    },
+    **{
+        (f"llmtasks._ledger.xǁLedgerǁ{function}", line): "None is as false as False there"
+        for function, line in (("lock", "same = None"), ("__init__", "self._view = None"))
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁ_migrate", line): SQL_CASE
+        for line in (
+            """("LINES", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),""",
+            """("BATCHES", "engine", f"TEXT NOT NULL DEFAULT '{self.engines[0]}'"),""",
+        )
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁ_migrate", line): (
+            "SQLite takes any declared type; one that contains BLOB (in any case) gives the "
+            "column BLOB affinity: the same column"
+        )
+        for line in (
+            '("batches", "write_ahead", "XXBLOBXX"),',
+            '("batches", "write_ahead", "blob"),',
+        )
+    },
+    ("llmtasks._ledger.xǁLedgerǁ_migrate", 'schema = int(self._meta_value("schema") or 2)'): (
+        "a ledger without a schema number is migrated as 1 or as 2 alike: both are below 3, "
+        "and each column is added when it is missing whatever the number"
+    ),
+    **{
+        ("llmtasks._ledger.xǁLedgerǁopen", line): (
+            "the parent of ':memory:' is '.', a directory: the check passes for it either way"
+        )
+        for line in ('if spath != "XX:memory:XX":', 'if spath != ":MEMORY:":')
+    },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁrecover_interrupted", line): SQL_CASE
+        for line in (
+            '"TAG = EXCLUDED.TAG, BATCH_ID = EXCLUDED.BATCH_ID, "',
+            '"REASON = EXCLUDED.REASON, "',
+        )
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
@@ -371,6 +495,27 @@ EQUIVALENT: dict[tuple[str, str], str] = {
 
 # What counts as a detected mutant: the tests failed, or hung until mutmut's timeout.
 DETECTED = {"killed", "timeout"}
+
+
+def sql_case_only(name: str, diff: str) -> str | None:
+    """The reason a mutant is equivalent when all it does is change the case of an SQL
+    statement outside its quoted literals (mutmut upper- and lower-cases string constants)."""
+    if not name.startswith(SQL_MODULES):
+        return None
+    lines = diff.splitlines()
+    removed = [x[1:] for x in lines if x.startswith("-") and not x.startswith("---")]
+    added = [x[1:] for x in lines if x.startswith("+") and not x.startswith("+++")]
+    if len(removed) != 1 or len(added) != 1:
+        return None
+    (before,), (after,) = removed, added
+    if (
+        before != after
+        and before.lower() == after.lower()
+        and _SQL_WORD.search(before)
+        and _SQL_LITERAL.findall(before) == _SQL_LITERAL.findall(after)
+    ):
+        return SQL_CASE
+    return None
 
 
 def git(*args: str) -> str:
@@ -519,7 +664,8 @@ def measure(
             "status": status,
             "line": line,
             "diff": diff.strip(),
-            "equivalent": EQUIVALENT.get((name.rsplit("__mutmut_", 1)[0], line)),
+            "equivalent": EQUIVALENT.get((name.rsplit("__mutmut_", 1)[0], line))
+            or sql_case_only(name, diff),
         }
         # A timeout is a hang the mutant caused, or a loaded machine: an explained
         # equivalent that timed out is an equivalent, not a kill.
