@@ -153,20 +153,13 @@ def decode_record(raw: bytes, line: int, digest: bytes, complete: Completer) -> 
     try:
         decoded = decode_user_task(body)
         task = complete(decoded, line)
+    except (msgspec.ValidationError, TaskRuleError) as err:  # the JSON was fine
+        return refused(err, line, digest, complete)
     except msgspec.DecodeError as err:
         if not raw.strip():
             return InputLine(line=line, digest=digest, task=None, reason=BLANK, skipped=True)
-        if isinstance(err, msgspec.ValidationError):  # a subclass: the JSON was fine
-            field, reason = rejection(err)
-        else:
-            field, reason = "", utf8_error(raw) or explain_json(raw, str(err))
-        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
-    except msgspec.ValidationError as err:
-        field, reason = rejection(err)
-        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
-    except TaskRuleError as err:
-        field, reason = complete.rule_rejection(err)
-        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
+        reason = utf8_error(raw) or explain_json(raw, str(err))
+        return InputLine(line=line, digest=digest, task=None, field="", reason=reason)
     except UnicodeDecodeError as err:  # msgspec raises it for bad bytes inside a string
         # err.start counts from the string's start; say where it is in the line.
         reason = utf8_error(raw) or f"is not valid UTF-8 ({err.reason})"
@@ -176,6 +169,17 @@ def decode_record(raw: bytes, line: int, digest: bytes, complete: Completer) -> 
         reason = "is given twice in this line: only one value would be sent"
         return InputLine(line=line, digest=digest, task=None, field=twice, reason=reason)
     return InputLine(line=line, digest=digest, task=task)
+
+
+def refused(
+    err: msgspec.ValidationError | TaskRuleError, line: int, digest: bytes, complete: Completer
+) -> InputLine:
+    """A record whose values the Task or the engine's rules refuse: the field, and why."""
+    if isinstance(err, TaskRuleError):
+        field, reason = complete.rule_rejection(err)
+    else:
+        field, reason = rejection(err)
+    return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
 
 
 def _take_engine(

@@ -13,9 +13,9 @@ from typing import Any, Final
 
 import msgspec
 
-from llmtasks._decode import BLANK, INT_FIELDS, Completer, InputLine, too_long
+from llmtasks._decode import BLANK, INT_FIELDS, Completer, InputLine, refused, too_long
 from llmtasks._errors import InputError, LlmtasksError
-from llmtasks._explain import explain_json, rejection
+from llmtasks._explain import explain_json
 from llmtasks._lines import DIGEST_BYTES, Physical
 from llmtasks._task import StrictTask, Task, TaskRuleError
 from llmtasks._words import count
@@ -206,12 +206,8 @@ def _csv_row(
     try:
         task: Task = msgspec.convert(values, StrictTask)
         task = complete(task, line)
-    except msgspec.ValidationError as err:
-        field, reason = rejection(err)
-        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
-    except TaskRuleError as err:
-        field, reason = complete.rule_rejection(err)
-        return InputLine(line=line, digest=digest, task=None, field=field, reason=reason)
+    except (msgspec.ValidationError, TaskRuleError) as err:
+        return refused(err, line, digest, complete)
     return InputLine(line=line, digest=digest, task=task)
 
 
