@@ -81,6 +81,16 @@ def add_limits(p: argparse.ArgumentParser, *, calls: str, retried: str, function
     )
 
 
+def add_tasks_ready_rate(p: argparse.ArgumentParser) -> None:
+    """collect and reconcile both call tasks_ready, whose limit is its own."""
+    p.add_argument(
+        "--tasks-ready-rate",
+        type=_positive_int,
+        default=20,
+        help="tasks_ready calls per minute (default 20, the service's limit)",
+    )
+
+
 def add_limiter(p: argparse.ArgumentParser) -> None:
     """--limiter on every command that calls the service: one Redis for a whole fleet."""
     p.add_argument(

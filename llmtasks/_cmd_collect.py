@@ -17,11 +17,11 @@ from llmtasks._cli_options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     _positive_float,
-    _positive_int,
     add_common,
     add_limiter,
     add_limits,
     add_service,
+    add_tasks_ready_rate,
     fleet_throttle,
     log,
     read_credentials,
@@ -64,12 +64,7 @@ def register(sub: Any) -> None:
     p.add_argument("--engine", choices=ENGINES, help="must match the ledger (default: its engine)")
     add_service(p)
     add_limits(p, calls="task_get calls", retried="a failed call", function="task_get")
-    p.add_argument(
-        "--tasks-ready-rate",
-        type=_positive_int,
-        default=20,
-        help="tasks_ready calls per minute (default 20, the service's limit)",
-    )
+    add_tasks_ready_rate(p)
     add_limiter(p)
     p.add_argument(
         "--wait", action="store_true", help="keep polling until every created task is collected"

@@ -14,6 +14,7 @@ from llmtasks._cli_options import (
     add_common,
     add_limiter,
     add_service,
+    add_tasks_ready_rate,
     fleet_throttle,
     read_credentials,
 )
@@ -45,12 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--id-list-rate", type=_positive_int, default=10, help="id_list calls per minute (10)"
     )
-    p.add_argument(
-        "--tasks-ready-rate",
-        type=_positive_int,
-        default=20,
-        help="tasks_ready calls per minute (default 20, the service's limit)",
-    )
+    add_tasks_ready_rate(p)
     add_limiter(p)
     add_common(p)
     p.set_defaults(handler=cmd_reconcile)
