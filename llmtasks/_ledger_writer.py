@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import queue
 import sqlite3
 import threading
@@ -31,25 +32,30 @@ from llmtasks._task import ENGINES
 if TYPE_CHECKING:
     from llmtasks._batching import Batch
 
-# One transaction takes whatever has queued up to this many writes: enough to make the
-# per-commit cost vanish at any rate the service allows, few enough to keep a commit short.
-_MAX_OPS_PER_TX: Final = 256
-
 # A line is written once, at its outcome: an insert, or an update of the row an earlier run
 # left (``pending``: not sent then; ``unknown`` sent again with ``--resend-unknown``). The
 # engine is one of ENGINES (checked), so it is part of the statement, not of every row.
-_UPSERT_CREATED: Final = (
+# Many rows go in one statement (``VALUES (...), (...)``): the sqlite3 module lets go of the
+# GIL around every step, and under a busy event loop each time it takes it back can cost a
+# switch interval (5 ms), so ``executemany`` of a 100-line batch could take far longer than
+# its SQLite work; one statement is one step.
+_CREATED_COLUMNS: Final = (
     "INSERT INTO lines (line, engine, digest, state, tag, task_id, status_code, status_message, "
-    "cost, batch_id) VALUES (?, '{engine}', ?, 'created', ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (line, engine) DO UPDATE SET state = 'created', task_id = excluded.task_id, "
+    "cost, batch_id) VALUES "
+)
+_CREATED_ROW: Final = "(?, '{engine}', ?, 'created', ?, ?, ?, ?, ?, ?)"
+_CREATED_CONFLICT: Final = (
+    " ON CONFLICT (line, engine) DO UPDATE SET state = 'created', task_id = excluded.task_id, "
     "status_code = excluded.status_code, status_message = excluded.status_message, "
     "cost = excluded.cost, field = NULL, reason = NULL, batch_id = excluded.batch_id"
 )
-_UPSERT_LINE: Final = (
+_LINE_COLUMNS: Final = (
     "INSERT INTO lines (line, engine, digest, state, tag, prompt_digest, task_id, status_code, "
-    "status_message, cost, field, reason, batch_id) "
-    "VALUES (?, '{engine}', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (line, engine) DO UPDATE SET state = excluded.state, tag = excluded.tag, "
+    "status_message, cost, field, reason, batch_id) VALUES "
+)
+_LINE_ROW: Final = "(?, '{engine}', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_LINE_CONFLICT: Final = (
+    " ON CONFLICT (line, engine) DO UPDATE SET state = excluded.state, tag = excluded.tag, "
     "prompt_digest = COALESCE(excluded.prompt_digest, prompt_digest), "
     "task_id = excluded.task_id, status_code = excluded.status_code, "
     "status_message = excluded.status_message, cost = excluded.cost, field = excluded.field, "
@@ -59,10 +65,15 @@ _INSERT_BATCH: Final = (
     "INSERT INTO batches (session_id, state, n_tasks, sent_at, lines, write_ahead, engine) "
     "VALUES (?, 'sending', ?, ?, ?, ?, '{engine}')"
 )
-_UPDATE_BATCH: Final = (
-    "UPDATE batches SET state = ?, done_at = ?, http_status = ?, status_code = ?, "
-    "attempts = ?, note = ? WHERE batch_id = ?"
+_UPDATE_BATCHES: Final = (
+    "UPDATE batches SET state = v.column2, done_at = v.column3, http_status = v.column4, "
+    "status_code = v.column5, attempts = v.column6, note = v.column7 FROM (VALUES {rows}) AS v "
+    "WHERE batches.batch_id = v.column1"
 )
+_BATCH_END_ROW: Final = "(?, ?, ?, ?, ?, ?, ?)"
+# Rows per statement: few statements per transaction, each well under SQLite's limit on
+# parameters (32766 since 3.32; older builds 999).
+_ROWS_PER_STATEMENT: Final = 512
 
 
 class LedgerWriteError(LlmtasksError):
@@ -80,14 +91,19 @@ class LedgerWriter:
         lock: threading.Lock,
         owned: bool = False,
         engine: str = "chat_gpt",
+        fast: sqlite3.Connection | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"not an engine: {engine!r}")
         self._db = db
         #: Every line and batch this writer records is this engine's.
         self._engine = engine
-        self._created_sql = _UPSERT_CREATED.format(engine=engine)
-        self._line_sql = _UPSERT_LINE.format(engine=engine)
+        self._created_sql = (
+            _CREATED_COLUMNS,
+            _CREATED_ROW.format(engine=engine),
+            _CREATED_CONFLICT,
+        )
+        self._line_sql = (_LINE_COLUMNS, _LINE_ROW.format(engine=engine), _LINE_CONFLICT)
         self._batch_sql = _INSERT_BATCH.format(engine=engine)
         self._owned = owned
         # Held for each transaction: a ``:memory:`` ledger shares its one connection with
@@ -97,6 +113,14 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: LedgerWriteError | None = None
+        # The write-ahead's own path (see mark_sending): a connection that never waits for
+        # a lock (busy timeout 0) and never checkpoints (the writer's connection does).
+        self._fast = fast
+        # Writes queued (counted on the loop) and committed (counted by the thread): the
+        # fast path is taken only when they are equal, so a write-ahead is never committed
+        # before a write queued ahead of it, which might yet fail.
+        self._queued = 0
+        self._applied = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -114,20 +138,37 @@ class LedgerWriter:
     async def mark_sending(self, session_id: int, batch: Batch) -> int:
         """Insert the batch's write-ahead row (``sending``, its lines, their digests and tags)
         and return its id once it is committed."""
-        fut = self._future()
-        self._put(
-            (
-                "sending",
-                fut,
-                session_id,
-                len(batch.lines),
-                time.time(),
-                pack_lines(batch.lines),
-                batch.write_ahead(),
-            )
+        row = (
+            session_id,
+            len(batch.lines),
+            time.time(),
+            pack_lines(batch.lines),
+            batch.write_ahead(),
         )
+        fast = self._fast
+        if fast is not None and self.error is None and self._applied == self._queued:
+            # Nothing queued: one insert in autocommit here, tens of microseconds with no
+            # fsync (WAL, synchronous=NORMAL), instead of two thread hops and the wait
+            # for the writer's transaction, time in which the sender holds its slot.
+            try:
+                cur = fast.execute(self._batch_sql, row)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise self._failed(exc) from None
+                # The writer thread (or another process) holds the lock: queue it.
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from None
+            else:
+                return int(cur.lastrowid or 0)
+        fut = self._future()
+        self._put(("sending", fut, *row))
         batch_id: int = await fut
         return batch_id
+
+    def _failed(self, exc: BaseException) -> LedgerWriteError:
+        if self.error is None:
+            self.error = LedgerWriteError(f"cannot write the ledger: {exc}")
+        return self.error
 
     def record(
         self,
@@ -155,6 +196,8 @@ class LedgerWriter:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+        if self._fast is not None:
+            self._fast.close()
         if self._owned:
             self._db.close()
 
@@ -165,28 +208,33 @@ class LedgerWriter:
     def _put(self, op: tuple[Any, ...]) -> None:
         # After a failed write nothing more is applied (see _apply): a write-ahead or a
         # flush then raises the error, which stops the run before its next call.
+        self._queued += 1
         self._queue.put(op)
 
     # -- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        get = self._queue.get
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            first = get()
-            ops = [first]
-            while first is not None and len(ops) < _MAX_OPS_PER_TX:
+            ops = [get()]
+            # Everything queued goes into one transaction: a write-ahead waits for at most
+            # the transaction under way and its own, never for a backlog of outcomes.
+            while True:
                 try:
-                    op = self._queue.get_nowait()
+                    ops.append(get_nowait())
                 except queue.Empty:
                     break
-                ops.append(op)
-                if op is None:
-                    break
-            self._apply([op for op in ops if op is not None])
-            if ops[-1] is None:
+            stop = None in ops
+            applied = [op for op in ops if op is not None]
+            self._apply(applied)
+            self._applied += len(applied)
+            if stop:
                 return
 
     def _apply(self, ops: list[tuple[Any, ...]]) -> None:
+        """One transaction: the write-aheads first (a sender is waiting for each), then the
+        outcomes in the order they were queued. A failure rolls all of it back and refuses
+        every write-ahead from then on, so none is committed after a write that failed."""
         results: list[tuple[asyncio.Future[Any], Any]] = []
         failure: BaseException | None = self.error
         if failure is None and ops:
@@ -196,33 +244,13 @@ class LedgerWriter:
                     db.execute("BEGIN IMMEDIATE")
                     try:
                         for op in ops:
-                            kind = op[0]
-                            if kind == "record":
-                                _, batch_id, at, end, batch, receipts = op
-                                if batch_id is not None:
-                                    db.execute(_UPDATE_BATCH, (end[0], at, *end[1:], batch_id))
-                                if receipts:
-                                    created, others = _outcome_rows(batch_id, batch, receipts)
-                                    if created:
-                                        db.executemany(self._created_sql, created)
-                                    if others:
-                                        db.executemany(self._line_sql, others)
-                            elif kind == "sending":
+                            if op[0] == "sending":
                                 _, fut, session_id, n, at, packed, write_ahead = op
                                 cur = db.execute(
                                     self._batch_sql, (session_id, n, at, packed, write_ahead)
                                 )
                                 results.append((fut, int(cur.lastrowid or 0)))
-                            elif kind == "lines":
-                                db.executemany(
-                                    self._line_sql,
-                                    [
-                                        (*r[:5], None, None, None, None, r[5], r[6], None)
-                                        for r in op[1]
-                                    ],
-                                )
-                            else:
-                                results.append((op[1], None))
+                        self._write_outcomes(ops, results)
                         db.execute("COMMIT")
                     except BaseException:
                         db.execute("ROLLBACK")
@@ -230,58 +258,98 @@ class LedgerWriter:
             except Exception as exc:
                 failure = exc
         if failure is not None:
-            if self.error is None:
-                self.error = LedgerWriteError(f"cannot write the ledger: {failure}")
+            self._failed(failure)
             results = [(op[1], None) for op in ops if op[0] in ("sending", "flush")]
         loop = self._loop
         assert loop is not None
         for fut, value in results:
             loop.call_soon_threadsafe(_settle, fut, value, self.error)
 
+    def _write_outcomes(
+        self, ops: list[tuple[Any, ...]], results: list[tuple[asyncio.Future[Any], Any]]
+    ) -> None:
+        ends: dict[int, tuple[Any, ...]] = {}
+        created: list[Any] = []
+        others: list[Any] = []
+        for op in ops:
+            kind = op[0]
+            if kind == "record":
+                _, batch_id, at, end, batch, receipts = op
+                if batch_id is not None:
+                    ends[batch_id] = (batch_id, end[0], at, *end[1:])
+                if receipts:
+                    _outcome_rows(batch_id, batch, receipts, created, others)
+            elif kind == "lines":
+                for r in op[1]:
+                    others += (*r[:5], None, None, None, None, r[5], r[6], None)
+            elif kind == "flush":
+                results.append((op[1], None))
+        if ends:
+            rows = list(ends.values())
+            for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+                part = rows[i : i + _ROWS_PER_STATEMENT]
+                self._db.execute(_update_batches_sql(len(part)), [x for r in part for x in r])
+        self._insert(self._created_sql, created, 8)
+        self._insert(self._line_sql, others, 12)
+
+    def _insert(self, sql: tuple[str, str, str], flat: list[Any], width: int) -> None:
+        step = _ROWS_PER_STATEMENT * width
+        for i in range(0, len(flat), step):
+            part = flat[i : i + step]
+            self._db.execute(_rows_sql(sql, len(part) // width), part)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_sql(sql: tuple[str, str, str], n: int) -> str:
+    head, row, tail = sql
+    return head + ",".join([row] * n) + tail
+
+
+@functools.lru_cache(maxsize=16)
+def _update_batches_sql(n: int) -> str:
+    return _UPDATE_BATCHES.format(rows=",".join([_BATCH_END_ROW] * n))
+
 
 def _outcome_rows(
-    batch_id: int | None, batch: Batch, receipts: Sequence[Receipt]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The rows of a batch's outcomes: created lines (nearly all of them, with the fewest
-    parameters), and the others."""
+    batch_id: int | None,
+    batch: Batch,
+    receipts: Sequence[Receipt],
+    created: list[Any],
+    others: list[Any],
+) -> None:
+    """Add the parameters of a batch's outcomes, flat: created lines (nearly all of them,
+    with the fewest parameters) to ``created``, the others to ``others``."""
     digests = batch.digests
     if len(receipts) != len(digests):
         raise ValueError(f"{len(receipts)} outcomes for a batch of {len(digests)} lines")
-    created: list[tuple[Any, ...]] = []
-    others: list[tuple[Any, ...]] = []
     prompts = dict(batch.user_tags) if batch.user_tags else {}
     for i, r in enumerate(receipts):
         if r.state == "created":
-            created.append(
-                (
-                    r.line,
-                    digests[i],
-                    r.tag,
-                    r.task_id,
-                    r.status_code,
-                    r.status_message,
-                    r.cost,
-                    batch_id,
-                )
+            created += (
+                r.line,
+                digests[i],
+                r.tag,
+                r.task_id,
+                r.status_code,
+                r.status_message,
+                r.cost,
+                batch_id,
             )
         else:
-            others.append(
-                (
-                    r.line,
-                    digests[i],
-                    r.state,
-                    r.tag,
-                    prompts.get(i),
-                    r.task_id,
-                    r.status_code,
-                    r.status_message,
-                    r.cost,
-                    r.field,
-                    r.reason,
-                    batch_id,
-                )
+            others += (
+                r.line,
+                digests[i],
+                r.state,
+                r.tag,
+                prompts.get(i),
+                r.task_id,
+                r.status_code,
+                r.status_message,
+                r.cost,
+                r.field,
+                r.reason,
+                batch_id,
             )
-    return created, others
 
 
 def pack_lines(lines: Sequence[int]) -> bytes:
