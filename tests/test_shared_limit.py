@@ -363,14 +363,17 @@ def _check_every_line_created_once(src: Path, n_lines: int, n: int, emu: Any) ->
 def test_four_processes_share_one_limit_never_over_nearly_all_used(
     emulator, redis_server, tmp_path: Path
 ) -> None:
-    # 50 calls a second either way; a 5 s period gives the default 1% margin 50 ms to absorb
-    # the jitter between admission and arrival of four processes starting on two cores (the
-    # design's m >= J). At 2 s the margin was 20 ms, which a busy start-up exceeds.
-    rate, period, n_lines = 250, 5.0, 400
+    # 50 calls a second at the emulator. The margin must cover the jitter between admission
+    # and arrival (the design's m >= J): four processes starting on two cores that other
+    # work also loads were seen to exceed the default 1% (50 ms of 5 s) and draw a 40202.
+    # The real period of 60 s gives the default 600 ms; here the margin is set to 250 ms,
+    # and "nearly all used" is judged against what that margin leaves: rate per period+margin.
+    rate, period, margin, n_lines = 250, 5.0, 0.25, 400
     emu = emulator("--rate", str(rate), "--period", str(period))
     src = tmp_path / "in.jsonl"
     write_prompts(src, n_lines)
-    fleet = Fleet(src, emu.url, redis_server.url, 4, "--rate", str(rate), "--period", str(period))
+    limits = ["--rate", str(rate), "--period", str(period), "--margin", str(margin)]
+    fleet = Fleet(src, emu.url, redis_server.url, 4, *limits)
     codes = fleet.wait(120)
     texts = fleet.texts()
     assert codes == [0, 0, 0, 0], texts
@@ -382,7 +385,8 @@ def test_four_processes_share_one_limit_never_over_nearly_all_used(
     arrivals = [c["at"] for c in posts]
     assert _peak_window(arrivals, period) <= rate
     achieved = (n_lines - 1) / (max(arrivals) - min(arrivals))
-    assert achieved >= 0.97 * rate / period, f"{achieved:.2f}/s of {rate / period}/s"
+    allowed = rate / (period + margin)
+    assert achieved >= 0.97 * allowed, f"{achieved:.2f}/s of {allowed:.2f}/s"
     _check_every_line_created_once(src, n_lines, 4, emu)
 
 
