@@ -503,11 +503,6 @@ async def test_a_call_refused_for_the_rate_is_sent_again_the_same(
         ledger.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ledger.retries() sums attempts - 1 over batch rows, but Submitter writes a row per "
-    "attempt (1, 2, 3 for a call made three times): 3 retries counted for 2. The report shows it",
-)
 async def test_the_ledger_counts_the_retries_made(tmp_path: Path) -> None:
     path = tmp_path / "run.sqlite"
     async with (
