@@ -396,3 +396,29 @@ async def test_memory_transport_answers_in_order_or_by_function() -> None:
     by_path = MemoryTransport(lambda m, p, b: OK if p == "/ok" else FATAL)
     assert await by_path.get("/ok") is OK
     assert await by_path.post("/no", b"") is FATAL
+
+
+async def test_a_stop_that_a_throttle_swallows_still_sends_nothing() -> None:
+    told: list[Reply] = []
+
+    class Swallows:
+        @contextlib.asynccontextmanager
+        async def slot(self) -> AsyncIterator[float]:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # a limiter that takes the cancellation for its own
+            yield 0.0
+
+        def react(self, reply: Reply, admitted_at: float) -> None:
+            told.append(reply)
+
+    transport = MemoryTransport([OK])
+    c = AccountClient(transport, throttles={"task_post": Swallows()})
+    call = asyncio.create_task(c.call(POST))
+    await asyncio.sleep(0.01)
+    c.stop()
+    assert await asyncio.wait_for(call, 1.0) == Answer(None, 0, True)
+    assert transport.requests == [] and told == []
