@@ -489,6 +489,21 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             '"REASON = EXCLUDED.REASON, "',
         )
     },
+    (
+        "llmtasks._ratelimit.xǁRateLimiterǁ__init__",
+        "self._cut_to = 2.0  # refill fraction right after the last cut",
+    ): (
+        "before the first cut _fraction answers 1.0 for any _cut_to of 1.0 or more, and the "
+        "first cut sets _cut_to from _fraction (half of 1.0), never from the initial value"
+    ),
+    **{
+        ("llmtasks._ratelimit.xǁRateLimiterǁ_fraction", line): (
+            "_cut_to is 1.0 only before the first cut, when _cut_at is -inf: the formula "
+            "gives min(1.0, 1.0 + inf) = 1.0, the early return's value; after a cut _cut_to "
+            "is at most 0.5 and both take the formula"
+        )
+        for line in ("if self._cut_to > 1.0:", "if self._cut_to >= 2.0:")
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
