@@ -489,6 +489,21 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             '"REASON = EXCLUDED.REASON, "',
         )
     },
+    (
+        "llmtasks._ratelimit.xǁRateLimiterǁ__init__",
+        "self._cut_to = 2.0  # refill fraction right after the last cut",
+    ): (
+        "before the first cut _fraction answers 1.0 for any _cut_to of 1.0 or more, and the "
+        "first cut sets _cut_to from _fraction (half of 1.0), never from the initial value"
+    ),
+    **{
+        ("llmtasks._ratelimit.xǁRateLimiterǁ_fraction", line): (
+            "_cut_to is 1.0 only before the first cut, when _cut_at is -inf: the formula "
+            "gives min(1.0, 1.0 + inf) = 1.0, the early return's value; after a cut _cut_to "
+            "is at most 0.5 and both take the formula"
+        )
+        for line in ("if self._cut_to > 1.0:", "if self._cut_to >= 2.0:")
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
@@ -626,25 +641,19 @@ def measure(
     if target.needs and shutil.which(target.needs) is None:
         raise SystemExit(f"{target.module}: its tests need {target.needs}, which is not installed")
     commit = git("rev-parse", "HEAD")
-    # Dirty: what the scratch copy takes (the package, the tests, the project file) differs
-    # from the commit. Not the results and the doc this script writes itself: a run of
-    # several modules would otherwise mark every module after the first one dirty.
-    dirty = bool(
-        git(
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            "llmtasks",
-            "tests",
-            "pyproject.toml",
-        )
-    ) or any(t.startswith("tests/") and git("ls-files", "--", t) == "" for t in target.tests)
+    # Dirty: what the measurement depends on differs from the commit: the module, its test
+    # files, the tests' shared fixtures, the project file (or a test file is not committed).
+    # Not the results and the doc this script writes, nor files of other modules being edited.
+    tests = [t for t in target.tests if t.startswith("tests/")]
+    watched = [target.module, *tests, "tests/conftest.py", "pyproject.toml"]
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *watched)) or any(
+        git("ls-files", "--", t) == "" for t in tests
+    )
     # The git blob of the module and of each test file: a later commit whose blobs are the
     # same runs the same mutants against the same tests, and so keeps this measurement.
     blobs = {
         path: git("hash-object", "--", path)
-        for path in (target.module, *(t for t in target.tests if t.startswith("tests/")))
+        for path in (target.module, *tests, "tests/conftest.py")
     }
     started = time.monotonic()
     if run_mutmut:
@@ -725,6 +734,13 @@ def result_path(module: str) -> Path:
     return RESULTS / f"mutation-{Path(module).stem.lstrip('_')}.json"
 
 
+def _blob_at(commit: str, path: str) -> str:
+    run = subprocess.run(
+        ["git", "rev-parse", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True
+    )
+    return run.stdout.strip() if run.returncode == 0 else "(absent)"
+
+
 def render() -> str:
     out = [
         BEGIN,
@@ -771,6 +787,22 @@ def render() -> str:
             f"Tests: `{' '.join(r['tests'])}`. Measured {r['measured_at']} at `{commit}`;"
             f" statuses: {', '.join(f'{k} {v}' for k, v in sorted(r['counts'].items()))}.",
         ]
+        blobs: dict[str, str] = r.get("blobs") or {}
+        if blobs:
+            head = git("rev-parse", "HEAD")
+            changed = [path for path, blob in blobs.items() if _blob_at(head, path) != blob]
+            details += [
+                "",
+                f"At `{head[:10]}` (the commit this page was written from): "
+                + (
+                    "the module and its test files are byte-identical to those measured "
+                    f"({', '.join(f'`{p}`' for p in blobs)}, compared by git blob)."
+                    if not changed
+                    else "**changed since the measurement**: "
+                    + ", ".join(f"`{p}`" for p in changed)
+                    + ". Measure again."
+                ),
+            ]
         if r.get("timeouts"):
             hung = [f"`{t['name'].rsplit('.', 1)[1]}` (`{t['line']}`)" for t in r["timeouts"]]
             details += [

@@ -14,8 +14,10 @@ through subprocesses.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +32,7 @@ from llmtasks._decode import InputLine
 from llmtasks._errors import ServiceError
 from llmtasks._ledger import Ledger
 from llmtasks._lines import record_digest
+from llmtasks._submit import RunStats, _field_of, prompt_digest
 from llmtasks.emulator import Emulator, EmulatorConfig
 
 TASK_POST = "/v3/ai_optimization/chat_gpt/llm_responses/task_post"
@@ -56,6 +59,8 @@ class Proxy:
         # A dict: a script per batch, by the user_prompt of its first task (senders take
         # turns while one waits out a backoff, so calls of two batches interleave).
         self.scripts = script if isinstance(script, dict) else {"": list(script)}
+        # Replies in the stead of the emulator's for other paths (user_data...), in turn.
+        self.others: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.posts: list[list[dict[str, Any]]] = []  # the body of each task_post call
         self.raw_posts: list[bytes] = []
         self._runner: web.AppRunner | None = None
@@ -91,6 +96,10 @@ class Proxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if request.path != TASK_POST:
+            other = self.others.get(request.path)
+            if other:
+                status, env = other.pop(0)
+                return web.Response(status=status, body=json.dumps(env).encode())
             status, raw = await self._forward(request, body)
             return web.Response(status=status, body=raw, content_type="application/json")
         self.posts.append(json.loads(body))
@@ -927,3 +936,241 @@ async def test_wrong_credentials_stop_at_the_account_check() -> None:
         with pytest.raises(AuthError):
             await s.preflight()
         assert proxy.posts == []
+
+
+# -- what the ledger keeps of each call ------------------------------------------------------
+
+
+def _batches(path: Path) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(path)
+    try:
+        return list(
+            db.execute(
+                "SELECT state, n_tasks, http_status, status_code, attempts, note FROM batches "
+                "ORDER BY batch_id"
+            )
+        )
+    finally:
+        db.close()
+
+
+async def test_each_call_is_one_batch_row_with_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    script = {"p0": [RATE_LIMITED], "p2": ["drop"], "p4": [NO_FUNDS]}
+    async with (
+        Emulator() as emu,
+        Proxy(emu, script) as proxy,
+        submitter(proxy.base_url, batch_size=2, concurrency=1, ledger=str(path)) as s,
+    ):
+        await s.load_models(offline=True)
+        await run_until(s, tasks(6), FundsError)
+    rows = _batches(path)
+    assert sorted(rows, key=repr) == sorted(
+        [
+            ("not_created", 2, 200, 40202, 1, "Rate limit exceeded."),
+            ("done", 2, 200, 20000, 2, None),
+            ("unknown", 2, None, None, 1, rows[1][5] if rows[1][0] == "unknown" else ""),
+            ("not_created", 2, 402, 40200, 1, "Payment Required."),
+        ],
+        key=repr,
+    )
+    lost = next(r for r in rows if r[0] == "unknown")
+    assert str(lost[5]).startswith("connection lost")
+    sessions = Ledger.open_existing(path)
+    try:
+        (session,) = sessions.sessions()
+    finally:
+        sessions.close()
+    assert session.calls == 4 == s.stats.calls
+    assert session.cost == pytest.approx(2 * COST) and session.ended_at is not None
+
+
+async def test_a_lost_user_tagged_line_keeps_its_prompt_for_reconcile(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    items = [
+        {"user_prompt": "generated", "model_name": "gpt-4o"},
+        {"user_prompt": "mine", "model_name": "gpt-4o", "tag": "t"},
+    ]
+    async with (
+        Emulator() as emu,
+        Proxy(emu, ["drop"]) as proxy,
+        submitter(proxy.base_url, ledger=str(path)) as s,
+    ):
+        await run(s, items)
+    ledger = Ledger.open_existing(path)
+    try:
+        refs = ledger.lines_in_state("unknown")
+    finally:
+        ledger.close()
+    assert [(r.line, r.tag, r.prompt_digest) for r in refs] == [
+        (1, refs[0].tag, None),
+        (2, "t", prompt_digest("mine")),
+    ]
+    assert prompt_digest("mine") == hashlib.blake2b(b"mine", digest_size=8).digest()
+
+
+# -- smaller decisions -----------------------------------------------------------------------
+
+
+def test_the_field_a_service_message_names() -> None:
+    assert _field_of("Invalid Field: 'user_prompt'. Too long.") == "user_prompt"
+    assert _field_of("Invalid Field: ''.") == ""
+    assert _field_of("no field named") is None
+    assert _field_of("one 'quote only") is None
+    assert _field_of("'a'") == "a"
+
+
+def test_run_stats_rates_over_the_session() -> None:
+    stats = RunStats(started=100.0)
+    stats.ended = 130.0
+    assert stats.elapsed_s == 30.0
+    for at in (101.0, 102.0, 103.0):
+        stats.note_call(at)
+    assert stats.calls == 3 and stats.calls_per_minute == pytest.approx(6.0)
+    assert stats.window.in_last_window(103.0) == 3
+    still = RunStats(started=100.0)
+    still.ended = 100.0
+    assert still.calls_per_minute == 0.0
+    stats.count("created")
+    stats.count("created", 4)
+    assert stats.by_state == {"created": 5}
+
+
+async def test_a_task_that_cannot_be_encoded_is_rejected_not_raised() -> None:
+    async with Emulator() as emu, Proxy(emu) as proxy, submitter(proxy.base_url) as s:
+        got = by_line(await run(s, [{"user_prompt": object()}, *tasks(1)]))
+    assert got[1].state == "rejected" and got[1].field == ""
+    assert got[1].reason is not None and "object" in got[1].reason
+    assert got[2].state == "created" and len(proxy.posts) == 1
+
+
+async def test_a_retry_is_logged_with_its_reason_and_next_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        Emulator() as emu,
+        Proxy(emu, [RATE_LIMITED]) as proxy,
+        submitter(proxy.base_url) as s,
+    ):
+        with caplog.at_level(logging.INFO, logger="llmtasks"):
+            await run(s, tasks(1))
+    assert "retrying a call (Rate limit exceeded.), attempt 2" in caplog.text
+
+
+async def test_stop_cuts_a_backoff_short() -> None:
+    async with (
+        Emulator() as emu,
+        Proxy(emu, [RATE_LIMITED]) as proxy,
+        submitter(proxy.base_url, backoff_s=60.0, max_backoff_s=60.0) as s,
+    ):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        loop.call_later(0.3, s.stop)
+        got = by_line(await run(s, tasks(2)))
+        took = loop.time() - started
+    assert took < 10
+    assert {r.state for r in got.values()} == {"pending"} and emu.created == []
+    assert got[1].reason == "not sent: the run stopped"
+
+
+async def test_calls_in_flight_count_against_the_cost_cap() -> None:
+    async with (
+        Emulator(EmulatorConfig(latency_ms=300)) as emu,
+        Proxy(emu) as proxy,
+        submitter(
+            proxy.base_url,
+            batch_size=10,
+            concurrency=2,
+            max_cost_usd=15 * COST,
+            max_task_cost_usd=COST,
+        ) as s,
+    ):
+        got, _ = await run_until(s, tasks(30), FundsError)
+    # The second call would be sent while the first is in flight: its worst case counts.
+    assert len(proxy.posts) == 1 and len(emu.created) == 10
+    assert Counter(r.state for r in got) == {"created": 10, "pending": 20}
+    assert s.stats.reserved_usd == 0
+
+
+async def test_a_resumed_run_checks_its_first_line_too(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            await run(s, tasks(1))
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            got = by_line(await run(s, tasks(3)))
+        assert sorted(got) == [2, 3] and s.stats.already_done == 1
+        assert len(emu.created) == 3
+
+
+async def test_the_models_list_is_read_once_and_a_fallback_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, default_model="no-such-model") as s,
+    ):
+        with caplog.at_level(logging.WARNING, logger="llmtasks"):
+            first = await s.load_models(offline=True)
+            await s.preflight()
+        assert first.source == "built-in" and await s.load_models() is first
+        assert s.rules.models is first
+    assert (
+        "the chat_gpt models list could not be read (offline): checking models against the "
+        "built-in table" in caplog.text
+    )
+    assert "no-such-model" in caplog.text
+
+
+async def test_without_user_data_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    broken = (500, {"status_code": 50000, "status_message": "Internal Error."})
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        proxy.others["/v3/appendix/user_data"] = [broken] * 3
+        async with submitter(proxy.base_url) as s:
+            with caplog.at_level(logging.WARNING, logger="llmtasks"):
+                assert await s.check_account(tasks_hint=5) is None
+            await s.load_models(offline=True)
+            # No success counted: a 401 now stops the run.
+            proxy.scripts[""] = [NOT_AUTHORIZED]
+            await run_until(s, tasks(1), AuthError)
+    assert "going on without the account check" in caplog.text
+
+
+async def test_receipts_can_come_a_call_at_a_time() -> None:
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, batch_size=3, concurrency=1) as s,
+    ):
+        groups = [g async for g in s.submit_lines_batched(_lines([f"p{i}" for i in range(7)]))]
+    assert sorted(len(g) for g in groups) == [1, 3, 3]
+    assert len(emu.created) == 7
+
+
+async def test_a_ledger_given_open_is_left_open(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "run.sqlite")
+    try:
+        async with Emulator() as emu, Proxy(emu) as proxy:
+            async with submitter(proxy.base_url, ledger=ledger) as s:
+                await run(s, tasks(2))
+            assert s.ledger is ledger
+        assert ledger.counts() == {"created": 2}  # still open
+    finally:
+        ledger.close()
+
+
+async def test_resend_unknown_says_how_many_go_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "run.sqlite"
+    async with Emulator() as emu, Proxy(emu, ["drop"]) as proxy:
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            await run(s, tasks(2))
+        with caplog.at_level(logging.WARNING, logger="llmtasks"):
+            async with submitter(proxy.base_url, ledger=str(path), resend_unknown=True) as s:
+                await run(s, tasks(2))
+    assert (
+        "--resend-unknown: sending 2 unknown lines again; any that the service did create "
+        "will be charged and answered twice" in caplog.text
+    )
