@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Literal, NamedTuple, Protocol
 
@@ -106,14 +105,14 @@ class AccountClient:
         policy = policy or self.policy
         limit = attempts or policy.max_attempts
         glitches = 0
-        reply: Reply | None = None
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             if self._interrupted or (stopping is not None and stopping()):
                 return Answer(None, attempt - 1, True)
-            sent = await self._attempt(request, attempt, prepare)
-            if sent is None:
+            reply = await self._attempt(request, attempt, prepare)
+            if reply is None:
                 return Answer(None, attempt - 1, True)
-            reply = sent
             if reply.kind == "ok":
                 self.successes += 1
             retry = policy.retryable(
@@ -138,7 +137,6 @@ class AccountClient:
                 if not self._cut_short():
                     raise
                 return Answer(None, attempt, True)
-        raise AssertionError("unreachable")
 
     async def _attempt(
         self, request: Request, attempt: int, prepare: Prepare | None

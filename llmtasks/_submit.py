@@ -48,6 +48,7 @@ from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt, State
+from llmtasks._replies import post_receipts
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
     ENGINES,
@@ -63,7 +64,6 @@ from llmtasks._throttle import (
 )
 from llmtasks._transport import (
     DEFAULT_BASE_URL,
-    INVALID_TASK_CODES,
     Reply,
     Transport,
     stop_error,
@@ -794,83 +794,12 @@ class Submitter:
         writer = self._writer
         env = reply.envelope
         assert writer is not None and env is not None
-        replies = env.tasks or []
-        n_replies = len(replies)
-        receipts: list[Receipt] = []
-        all_created = True
-        cost = 0.0
-        for i, line in enumerate(batch.lines):
-            tag = batch.tags[i]
-            if i < n_replies:
-                t = replies[i]
-                code, msg, task_cost = t.status_code, t.status_message, t.cost
-                echoed = t.data.tag if t.data is not None else None
-                if code == 20100 and (echoed is None or echoed == tag):
-                    # The common case, kept short: one receipt and one row per task.
-                    receipts.append(Receipt(line, "created", tag, t.id, 20100, msg, task_cost))
-                    cost += task_cost or 0.0
-                    continue
-                if echoed is not None and echoed != tag:
-                    r = Receipt(
-                        line=line,
-                        state="unknown",
-                        tag=tag,
-                        status_code=code,
-                        status_message=msg,
-                        reason=f"reply out of order (tag {echoed!r} for line {line})",
-                    )
-                elif code in INVALID_TASK_CODES:
-                    r = Receipt(
-                        line=line,
-                        state="rejected",
-                        tag=tag,
-                        task_id=t.id,
-                        status_code=code,
-                        status_message=msg,
-                        cost=task_cost,
-                        field=_field_of(msg),
-                        reason=msg,
-                    )
-                else:
-                    r = Receipt(
-                        line=line,
-                        state="failed",
-                        tag=tag,
-                        task_id=t.id,
-                        status_code=code,
-                        status_message=msg,
-                        cost=task_cost,
-                    )
-            elif env.tasks is None:
-                # The whole call was refused with a code of its own: nothing created.
-                r = Receipt(
-                    line=line,
-                    state="failed",
-                    tag=tag,
-                    status_code=env.status_code,
-                    status_message=env.status_message,
-                )
-            else:
-                r = Receipt(
-                    line=line,
-                    state="unknown",
-                    tag=tag,
-                    reason="the service answered fewer tasks than were sent",
-                )
-            receipts.append(r)
-            all_created = False
+        receipts, all_created, cost = post_receipts(batch.lines, batch.tags, env)
         self.stats.cost_usd += env.cost if env.cost is not None else cost
         writer.record(
             batch_id, ("done", reply.http_status, env.status_code, attempt, None), batch, receipts
         )
         await self._emit(receipts, "created" if all_created else None)
-
-
-def _field_of(message: str) -> str | None:
-    # The service names the field as "Invalid Field: 'name'."
-    start = message.find("'")
-    end = message.find("'", start + 1)
-    return message[start + 1 : end] if 0 <= start < end else None
 
 
 _PYTHON_MODEL_HINT: Final = "is required (set model_name in the task or give default_model)"

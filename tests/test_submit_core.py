@@ -32,7 +32,8 @@ from llmtasks._decode import InputLine
 from llmtasks._errors import ServiceError
 from llmtasks._ledger import Ledger
 from llmtasks._lines import record_digest
-from llmtasks._submit import RunStats, _field_of, prompt_digest
+from llmtasks._replies import _field_of
+from llmtasks._submit import RunStats, prompt_digest
 from llmtasks.emulator import Emulator, EmulatorConfig
 
 TASK_POST = "/v3/ai_optimization/chat_gpt/llm_responses/task_post"
