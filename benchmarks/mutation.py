@@ -504,6 +504,18 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for line in ("if self._cut_to > 1.0:", "if self._cut_to >= 2.0:")
     },
+    **{
+        ("llmtasks._ledger.xǁLedgerǁwriter", line): (
+            "the write-aheads' quick connection is made (writer(), from Submitter.__aenter__), "
+            "used (mark_sending) and closed (LedgerWriter.close) on the event loop's thread "
+            "only: sqlite3's same-thread check never trips"
+        )
+        for line in (
+            "fast = sqlite3.connect(self.path, isolation_level=None, timeout=0)",
+            "fast = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, "
+            "timeout=0)",
+        )
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
