@@ -14,12 +14,13 @@ through subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,20 @@ from llmtasks._ledger import Ledger
 from llmtasks._lines import record_digest
 from llmtasks._replies import _field_of
 from llmtasks._submit import RunStats, prompt_digest
+from llmtasks._task import ENGINES
+from llmtasks._throttle import Throttle
+from llmtasks._transport import Reply
 from llmtasks.emulator import Emulator, EmulatorConfig
 
 TASK_POST = "/v3/ai_optimization/chat_gpt/llm_responses/task_post"
 COST = 0.0102  # the emulator's price of a task (the documented example's)
 
-Action = str | tuple[int, dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]]
+Action = (
+    str
+    | tuple[int, dict[str, Any]]
+    | tuple[str, float, Any]  # ("delay", seconds, action): the action, that much later
+    | Callable[[dict[str, Any]], dict[str, Any]]
+)
 
 
 class Proxy:
@@ -107,6 +116,9 @@ class Proxy:
         self.raw_posts.append(body)
         script = self.scripts.get("" if "" in self.scripts else self.posts[-1][0]["user_prompt"])
         action = script.pop(0) if script else "pass"
+        if isinstance(action, tuple) and action[0] == "delay":
+            await asyncio.sleep(action[1])
+            action = action[2]
         if isinstance(action, tuple):
             status, envelope = action
             return web.Response(status=status, body=json.dumps(envelope).encode())
@@ -153,6 +165,12 @@ async def run_until(
         async for r in sub.submit(items):
             got.append(r)
     return got, caught.value
+
+
+def assert_own_tags(receipts: Iterable[Receipt]) -> None:
+    """Every line that was to be sent names its own generated tag (``...:<line>``)."""
+    for r in receipts:
+        assert r.tag is not None and r.tag.endswith(f":{r.line}"), r
 
 
 def by_line(receipts: list[Receipt]) -> dict[int, Receipt]:
@@ -226,8 +244,9 @@ def test_the_edges_of_each_setting_are_accepted() -> None:
 
 async def test_submitting_outside_async_with_is_refused() -> None:
     sub = Submitter(login="a", password="b")
-    with pytest.raises(RuntimeError, match="use 'async with Submitter"):
+    with pytest.raises(RuntimeError) as caught:
         await run(sub, tasks(1))
+    assert str(caught.value) == "use 'async with Submitter(...)' before submitting"
 
 
 # -- batches and what a created task's receipt says ------------------------------------------
@@ -306,7 +325,7 @@ async def test_each_task_gets_the_outcome_of_its_own_status_code(tmp_path: Path)
     path = tmp_path / "run.sqlite"
 
     def fail_third(env: dict[str, Any]) -> dict[str, Any]:
-        env["tasks"][2].update(status_code=40006, status_message="Something else.", cost=0)
+        env["tasks"][2].update(status_code=40006, status_message="Something else.", cost=0.5)
         return env
 
     lines = [
@@ -336,6 +355,8 @@ async def test_each_task_gets_the_outcome_of_its_own_status_code(tmp_path: Path)
         "Something else.",
     )
     assert failed.task_id is not None and failed.field is None and failed.reason is None
+    assert failed.cost == 0.5
+    assert_own_tags(got.values())
     assert s.stats.by_state == {"created": 1, "rejected": 1, "failed": 1}
     assert s.stats.cost_usd == pytest.approx(2 * COST)  # the envelope's cost
     assert ledger_receipts(path) == got
@@ -381,6 +402,8 @@ async def test_a_reply_out_of_order_or_short_leaves_those_lines_unknown(tmp_path
     assert got[1].reason == f"reply out of order (tag {tag2!r} for line 1)"
     assert got[2].reason == f"reply out of order (tag {tag1!r} for line 2)"
     assert got[1].task_id is None and got[1].status_code == 20100
+    assert got[1].status_message == "Task Created."
+    assert_own_tags(got.values())
     assert got[3].state == "created"
     assert [got[i].state for i in (4, 5, 6)] == ["created", "created", "unknown"]
     assert got[6].reason == "the service answered fewer tasks than were sent"
@@ -399,6 +422,7 @@ async def test_a_call_refused_as_a_whole_fails_each_of_its_lines() -> None:
         got = by_line(await run(s, tasks(4)))
     assert [(got[i].state, got[i].status_code) for i in (1, 2)] == [("failed", 40006)] * 2
     assert got[1].status_message == "Odd refusal." and got[1].reason is None
+    assert_own_tags(got.values())
     assert got[3].state == got[4].state == "created"
     assert len(proxy.posts) == 2 and len(emu.created) == 2
 
@@ -767,6 +791,8 @@ async def test_stop_sends_nothing_new_and_records_the_rest_pending(tmp_path: Pat
     }
     pending = [r for r in lines.values() if r.state == "pending"]
     assert {r.reason for r in pending} == {"not sent: the run stopped"}
+    assert_own_tags(got)
+    assert s.stats.by_state == {"created": len(sent), "pending": 20 - len(sent)}
     assert Counter(r.state for r in ledger_receipts(path).values())["pending"] == len(pending)
 
 
@@ -1055,7 +1081,9 @@ async def test_a_retry_is_logged_with_its_reason_and_next_attempt(
     ):
         with caplog.at_level(logging.INFO, logger="llmtasks"):
             await run(s, tasks(1))
-    assert "retrying a call (Rate limit exceeded.), attempt 2" in caplog.text
+    assert "retrying a call (Rate limit exceeded.), attempt 2" in [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 async def test_stop_cuts_a_backoff_short() -> None:
@@ -1175,3 +1203,231 @@ async def test_resend_unknown_says_how_many_go_again(
         "--resend-unknown: sending 2 unknown lines again; any that the service did create "
         "will be charged and answered twice" in caplog.text
     )
+
+
+class CountingThrottle:
+    """A process's own throttle, counting the slots taken."""
+
+    def __init__(self, inner: Throttle) -> None:
+        self.inner = inner
+        self.slots = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        self.slots += 1
+        async with self.inner.slot() as admitted_at:
+            yield admitted_at
+
+    def react(self, reply: Reply, admitted_at: float) -> None:
+        self.inner.react(reply, admitted_at)
+
+
+async def test_the_models_list_takes_a_rate_slot_and_is_cached_where_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    own = tmp_path / "own"
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url) as s:
+            counting = CountingThrottle(s.throttle)
+            s.throttle = counting
+            assert (await s.load_models()).source == "service"
+            await run(s, tasks(2))
+        assert counting.slots == 2  # the models list, then the POST
+        assert list((xdg / "llmtasks").iterdir())  # the default cache
+        async with submitter(proxy.base_url, models_cache_dir=str(own)) as s:
+            assert (await s.load_models()).source == "service"
+        assert list(own.iterdir())
+        before = sorted(p.name for p in (xdg / "llmtasks").iterdir())
+        async with submitter(proxy.base_url, models_cache_dir="") as s:  # no cache at all
+            assert (await s.load_models()).source == "service"
+        assert sorted(p.name for p in (xdg / "llmtasks").iterdir()) == before
+
+
+async def test_a_task_without_a_model_is_told_how_to_give_one() -> None:
+    async with Emulator() as emu, Proxy(emu) as proxy, submitter(proxy.base_url) as s:
+        got = by_line(await run(s, [{"user_prompt": "no model"}]))
+    assert got[1].state == "rejected" and got[1].field == "model_name"
+    assert got[1].reason is not None and got[1].reason.endswith(
+        "is required (set model_name in the task or give default_model)"
+    )
+
+
+async def test_a_task_reply_without_data_is_still_created() -> None:
+    def no_data(env: dict[str, Any]) -> dict[str, Any]:
+        del env["tasks"][0]["data"]
+        return env
+
+    async with (
+        Emulator() as emu,
+        Proxy(emu, [no_data]) as proxy,
+        submitter(proxy.base_url) as s,
+    ):
+        got = by_line(await run(s, tasks(2)))
+    assert [got[1].state, got[2].state] == ["created", "created"]
+    assert s.stats.by_state == {"created": 2}
+
+
+def test_the_field_is_the_first_quoted_word() -> None:
+    assert _field_of("Invalid Field: 'a'. Use 'b' instead.") == "a"
+
+
+async def test_verify_reads_every_recorded_line_to_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    prompts = ["p0", "p1", "p2"]
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            async for _ in s.submit_lines(_lines(prompts[:1])):
+                pass
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            await s.verify(_lines(prompts[:1]))  # one line, the one recorded
+            with pytest.raises(InputError, match="line 1 is not the line recorded"):
+                await s.verify(_lines(["other"]))
+            with pytest.raises(InputError, match="it has 0 lines, the ledger recorded 1 in"):
+                await s.verify([])
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            async for _ in s.submit_lines(_lines(prompts)):
+                pass
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            with pytest.raises(InputError, match="line 3 is not the line recorded"):
+                await s.verify(_lines([*prompts[:2], "other"]))
+        assert len(emu.created) == 3
+
+
+async def test_user_data_is_asked_again_at_the_submitters_own_pace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken = (500, {"status_code": 50000, "status_message": "Internal Error."})
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        proxy.others["/v3/appendix/user_data"] = [broken] * 3
+        async with submitter(proxy.base_url) as s:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with caplog.at_level(logging.WARNING, logger="llmtasks"):
+                assert await s.check_account() is None
+            took = loop.time() - started
+    # Three tries 1-2 ms apart (backoff_s 0.001): the default policy's waits are 0.75 s+.
+    assert took < 0.6
+    (record,) = [r for r in caplog.records if "going on without" in r.getMessage()]
+    message = record.getMessage()
+    assert message.endswith("; going on without the account check")
+    assert message.startswith("cannot read account data: Internal Error.")
+
+
+async def test_a_balance_that_covers_the_worst_case_exactly_is_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        Emulator(EmulatorConfig(funds_usd=100 * COST)) as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, max_task_cost_usd=COST) as s,
+    ):
+        with caplog.at_level(logging.WARNING, logger="llmtasks"):
+            await s.check_account(tasks_hint=100)
+            assert "cannot cover" not in caplog.text
+            await s.check_account(tasks_hint=101)
+            assert "cannot cover" in caplog.text
+
+
+async def test_a_tiny_account_limit_still_gives_a_rate_of_two(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Emulator(EmulatorConfig(rate=1)) as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url) as s:
+            await s.check_account()
+            assert s.limiter.rate == 2
+        async with submitter(proxy.base_url, rate=100) as s:
+            with caplog.at_level(logging.WARNING, logger="llmtasks"):
+                await s.check_account()
+    assert (
+        "--rate is 100 calls per minute but the account allows 1 (user_data rates.limits."
+        "minute.ai_optimization.llm_responses.task_post): expect 40202 answers and a "
+        "slowed-down run; lower --rate or leave it out" in caplog.text
+    )
+
+
+async def test_a_fanout_ledgers_receipts_name_their_engine(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "run.sqlite", engine="chat_gpt", engines=ENGINES)
+    try:
+        async with (
+            Emulator() as emu,
+            Proxy(emu) as proxy,
+            submitter(proxy.base_url, ledger=ledger) as s,
+        ):
+            got = await run(s, tasks(2))
+        assert [(r.state, r.engine) for r in got] == [("created", "chat_gpt")] * 2
+    finally:
+        ledger.close()
+
+
+async def test_a_call_answered_after_the_run_stopped_is_not_tried_again() -> None:
+    """A 40202 that arrives once another call has stopped the run (refused credentials):
+    its lines stay pending with the reply's reason, and it is never sent again."""
+    script = {"p0": [("delay", 0.5, RATE_LIMITED)], "p2": [NOT_AUTHORIZED]}
+    async with (
+        Emulator() as emu,
+        Proxy(emu, script) as proxy,
+        submitter(proxy.base_url, batch_size=2, concurrency=2) as s,
+    ):
+        await s.load_models(offline=True)
+        got_list, _ = await run_until(s, tasks(4), AuthError)
+    got = by_line(got_list)
+    assert got[1].state == "pending"
+    assert got[1].reason == "gave up after 1 attempts: Rate limit exceeded."
+    assert got[3].reason == "not sent: You are not authorized."
+    assert [p[0]["user_prompt"] for p in proxy.posts].count("p0") == 1
+    assert emu.created == []
+
+
+async def test_lines_are_read_and_filtered_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtasks import _batching
+
+    monkeypatch.setattr(_batching, "READ_CHUNK", 2)
+
+    async def lines() -> AsyncIterator[InputLine]:
+        for il in _lines([f"p{i}" for i in range(10)]):
+            yield il
+
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, shard=(2, 3)) as s,
+    ):
+        got = by_line([r async for r in s.submit_lines(lines())])
+    # Chunks [1, 2] [3, 4] [5, 6] [7, 8] [9, 10]: [3, 4] has no line of shard 2/3.
+    assert sorted(got) == [2, 5, 8] and s.stats.lines_read == 3
+    assert len(emu.created) == 3
+
+
+async def test_a_batch_left_open_when_the_run_stops_is_recorded_pending(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmtasks import _batching
+
+    monkeypatch.setattr(_batching, "READ_CHUNK", 3)
+    path = tmp_path / "run.sqlite"
+    stopped = asyncio.Event()
+
+    async def lines() -> AsyncIterator[InputLine]:
+        for il in _lines(["p0", "p1", "p2"]):
+            yield il
+        await stopped.wait()  # the run stops before the input ends
+
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, batch_size=2, concurrency=1, ledger=str(path)) as s,
+    ):
+        got: list[Receipt] = []
+        async for r in s.submit_lines(lines()):
+            got.append(r)
+            if len(got) == 2:
+                s.stop()
+                stopped.set()
+    lines_ = by_line(got)
+    assert [lines_[i].state for i in (1, 2, 3)] == ["created", "created", "pending"]
+    assert lines_[3].reason == "not sent: the run stopped"
+    assert_own_tags(got)
+    assert s.stats.by_state == {"created": 2, "pending": 1}
+    assert ledger_receipts(path)[3].state == "pending"
