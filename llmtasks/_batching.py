@@ -22,7 +22,7 @@ class Batch:
     ``user_tags``: the lines whose tag is the user's own, as (index in the batch, prompt
     digest); every other tag is generated from the line number (``Ledger.tag_prefix``)."""
 
-    __slots__ = ("digests", "lines", "parts", "tags", "user_tags")
+    __slots__ = ("digests", "lines", "parts", "prepared", "tags", "user_tags")
 
     def __init__(self) -> None:
         self.lines: list[int] = []
@@ -30,6 +30,9 @@ class Batch:
         self.parts: list[bytes] = []
         self.digests: list[bytes] = []
         self.user_tags: list[tuple[int, bytes]] = []
+        #: The id of the write-ahead row made for its next POST and not yet used (see
+        #: ``LedgerWriter.prepare``).
+        self.prepared: int | None = None
 
     def __len__(self) -> int:
         return len(self.lines)

@@ -25,6 +25,9 @@ ROUTED: Final = "sent to"
 #: The reason of a task without a model when none was given for the run.
 MODEL_HINT: Final = "is required (set model_name in the input or give --model)"
 INT_FIELDS: Final = frozenset({"max_output_tokens"})
+#: Task shapes a Completer remembers as passed (a bound: an input of endless shapes is
+#: simply checked line by line).
+_SHAPES: Final = 4096
 
 
 class InputLine(msgspec.Struct, frozen=True):
@@ -102,6 +105,8 @@ class Completer:
         self.rules = rules
         self.engines = engines or (rules.engine,)
         self.model_hint = model_hint
+        # The shapes of task the rules passed without a word (see __call__).
+        self._passed: set[tuple[object, ...]] = set()
 
     def route(self, value: object, line: int, digest: bytes) -> InputLine | None:
         """A record's ``engine`` field: None when the record is this engine's, else its
@@ -129,7 +134,33 @@ class Completer:
         """Raises TaskRuleError."""
         if not task.model_name and self.default_model:
             task = msgspec.structs.replace(task, model_name=self.default_model)
-        self.rules.check(task, line)
+        # The rules read only these fields (of the prompt, only whether there is one), and a
+        # task they pass without a warning says nothing about its line: a task of a shape
+        # passed before passes again. Most inputs have a handful of shapes, so the check
+        # runs a handful of times. A check that warns is never skipped (``warned`` counts
+        # every occurrence).
+        shape = (
+            task.model_name,
+            task.max_output_tokens,
+            task.temperature,
+            task.top_p,
+            task.web_search,
+            task.use_reasoning,
+            task.force_web_search,
+            task.web_search_country_iso_code,
+            task.web_search_city,
+            not task.user_prompt,
+        )
+        passed = self._passed
+        if shape in passed:
+            return task
+        rules = self.rules
+        warnings = sum(rules.warned.values())
+        rules.check(task, line)
+        if sum(rules.warned.values()) == warnings:
+            if len(passed) >= _SHAPES:
+                passed.clear()
+            passed.add(shape)
         return task
 
     def rule_rejection(self, err: TaskRuleError) -> tuple[str, str]:

@@ -425,12 +425,7 @@ class Ledger(ResultsStore):
             return LedgerWriter(self._db, lock=self._db_lock, engine=self.engine)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous=NORMAL")
-        # The write-aheads' own connection: never waits for the writer's lock, never
-        # checkpoints (a checkpoint syncs the file: the writer's connection does them).
-        fast = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-        fast.execute("PRAGMA synchronous=NORMAL")
-        fast.execute("PRAGMA wal_autocheckpoint=0")
-        return LedgerWriter(conn, lock=threading.Lock(), owned=True, engine=self.engine, fast=fast)
+        return LedgerWriter(conn, lock=threading.Lock(), owned=True, engine=self.engine)
 
     def batches_sending(self) -> int:
         """Calls in flight now, or cut off by a process that died (the next run finds them)."""

@@ -4,6 +4,9 @@ Submit's writes queue here in the order they are made and are applied in that or
 to a transaction. A write-ahead (``mark_sending``) returns only once its transaction is
 committed, so no POST leaves before the record of its batch; outcomes are queued and the
 sender goes on. A slow disk then slows the next write-ahead, never a reply being read.
+The event loop never touches SQLite: even a write-ahead is the thread's. A sender writes its
+next batch ahead (``prepare``) before it waits for a slot, so the write-ahead is not what a
+freed slot waits for; a batch that is then not posted has its row closed ``not_created``.
 
 Each line is written once, at its outcome. Until then the batch's write-ahead row is its
 record: line numbers, input digests and the tags that are not generated from the line
@@ -67,10 +70,11 @@ _INSERT_BATCH: Final = (
 )
 _UPDATE_BATCHES: Final = (
     "UPDATE batches SET state = v.column2, done_at = v.column3, http_status = v.column4, "
-    "status_code = v.column5, attempts = v.column6, note = v.column7 FROM (VALUES {rows}) AS v "
+    "status_code = v.column5, attempts = v.column6, note = v.column7, "
+    "sent_at = COALESCE(v.column8, sent_at) FROM (VALUES {rows}) AS v "
     "WHERE batches.batch_id = v.column1"
 )
-_BATCH_END_ROW: Final = "(?, ?, ?, ?, ?, ?, ?)"
+_BATCH_END_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
 # Rows per statement: few statements per transaction, each well under SQLite's limit on
 # parameters (32766 since 3.32; older builds 999).
 _ROWS_PER_STATEMENT: Final = 512
@@ -91,7 +95,6 @@ class LedgerWriter:
         lock: threading.Lock,
         owned: bool = False,
         engine: str = "chat_gpt",
-        fast: sqlite3.Connection | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"not an engine: {engine!r}")
@@ -109,21 +112,25 @@ class LedgerWriter:
         # Held for each transaction: a ``:memory:`` ledger shares its one connection with
         # the readers on the loop thread.
         self._lock = lock
-        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+        # Writes made during one pass of the event loop go to the thread together (see
+        # _put): one wake of the thread, one GIL hand-over, instead of one per write.
+        self._pending: list[tuple[Any, ...]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: LedgerWriteError | None = None
-        # The write-ahead's own path (see mark_sending): a connection that never waits for
-        # a lock (busy timeout 0) and never checkpoints (the writer's connection does).
-        self._fast = fast
-        # Writes queued (counted on the loop) and committed (counted by the thread): the
-        # fast path is taken only when they are equal, so a write-ahead is never committed
-        # before a write queued ahead of it, which might yet fail.
-        self._queued = 0
-        self._applied = 0
+        #: Batches written ahead by ``prepare`` and not yet posted (see ``start``).
+        self._ahead: asyncio.Semaphore | None = None
+        # When each prepared batch's POST left (``mark_sending``), for its row's sent_at.
+        self._sent_at: dict[int, float] = {}
 
-    def start(self) -> None:
+    def start(self, *, ahead: int = 4) -> None:
+        """``ahead``: at most this many batches written ahead by ``prepare`` and not yet
+        posted: enough that a freed slot finds one ready (a write-ahead can take a few
+        milliseconds, a slot frees every few at 30 in flight), few enough that a killed run
+        leaves few lines ``unknown`` beyond its calls in flight."""
         self._loop = asyncio.get_running_loop()
+        self._ahead = asyncio.Semaphore(ahead)
         self._thread = threading.Thread(target=self._run, name="llmtasks-ledger", daemon=True)
         self._thread.start()
 
@@ -135,33 +142,55 @@ class LedgerWriter:
         if rows:
             self._put(("lines", rows))
 
+    async def prepare(self, session_id: int, batch: Batch) -> None:
+        """Write ahead the batch's first POST now, before its sender waits for a slot, so
+        that a freed slot is followed by the POST alone. At most ``ahead`` batches are
+        written ahead and not yet posted (``start``); this waits for one of them to go."""
+        ahead = self._ahead
+        assert ahead is not None, "LedgerWriter.start() first"
+        await ahead.acquire()
+        try:
+            batch.prepared = await self._write_ahead(session_id, batch)
+        except BaseException:
+            ahead.release()
+            raise
+
+    def unprepare(self, batch: Batch) -> int | None:
+        """The id of the write-ahead ``prepare`` made for a POST that will not be made (its
+        row must then be closed with ``record``), or None."""
+        batch_id = batch.prepared
+        if batch_id is not None:
+            batch.prepared = None
+            assert self._ahead is not None
+            self._ahead.release()
+        return batch_id
+
     async def mark_sending(self, session_id: int, batch: Batch) -> int:
-        """Insert the batch's write-ahead row (``sending``, its lines, their digests and tags)
-        and return its id once it is committed."""
-        row = (
-            session_id,
-            len(batch.lines),
-            time.time(),
-            pack_lines(batch.lines),
-            batch.write_ahead(),
-        )
-        fast = self._fast
-        if fast is not None and self.error is None and self._applied == self._queued:
-            # Nothing queued: one insert in autocommit here, tens of microseconds with no
-            # fsync (WAL, synchronous=NORMAL), instead of two thread hops and the wait
-            # for the writer's transaction, time in which the sender holds its slot.
-            try:
-                cur = fast.execute(self._batch_sql, row)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise self._failed(exc) from None
-                # The writer thread (or another process) holds the lock: queue it.
-            except sqlite3.Error as exc:
-                raise self._failed(exc) from None
-            else:
-                return int(cur.lastrowid or 0)
+        """The id of the batch's write-ahead row (``sending``, its lines, their digests and
+        tags) once it is committed: the one ``prepare`` made, else one inserted now."""
+        batch_id = self.unprepare(batch)
+        if batch_id is not None:
+            if self.error is not None:
+                raise self.error
+            # Its row says when it was written; the POST leaves now.
+            self._sent_at[batch_id] = time.time()
+            return batch_id
+        return await self._write_ahead(session_id, batch)
+
+    async def _write_ahead(self, session_id: int, batch: Batch) -> int:
         fut = self._future()
-        self._put(("sending", fut, *row))
+        self._put(
+            (
+                "sending",
+                fut,
+                session_id,
+                len(batch.lines),
+                time.time(),
+                pack_lines(batch.lines),
+                batch.write_ahead(),
+            ),
+            now=True,
+        )
         batch_id: int = await fut
         return batch_id
 
@@ -181,23 +210,23 @@ class LedgerWriter:
         ``receipts`` are given (one per line of ``batch``, in its order), its lines'
         outcomes; not waited for. A call that is retried records no lines: they are still
         on their way. ``batch_id`` None: lines that were never sent (the run stopped)."""
-        self._put(("record", batch_id, time.time(), end, batch, receipts))
+        sent_at = None if batch_id is None else self._sent_at.pop(batch_id, None)
+        self._put(("record", batch_id, time.time(), end, batch, receipts, sent_at))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (raises if it could not be)."""
         fut = self._future()
-        self._put(("flush", fut))
+        self._put(("flush", fut), now=True)
         await fut
 
     async def close(self) -> None:
         """Commit what is queued and stop the thread."""
         if self._thread is None:
             return
+        self._push()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
-        if self._fast is not None:
-            self._fast.close()
         if self._owned:
             self._db.close()
 
@@ -205,30 +234,41 @@ class LedgerWriter:
         assert self._loop is not None, "LedgerWriter.start() first"
         return self._loop.create_future()
 
-    def _put(self, op: tuple[Any, ...]) -> None:
+    def _put(self, op: tuple[Any, ...], *, now: bool = False) -> None:
         # After a failed write nothing more is applied (see _apply): a write-ahead or a
         # flush then raises the error, which stops the run before its next call.
-        self._queued += 1
-        self._queue.put(op)
+        # Outcomes wait for the end of this pass of the loop; what a sender waits for
+        # (``now``) goes at once, with everything queued before it, in order.
+        pending = self._pending
+        pending.append(op)
+        if now:
+            self._push()
+        elif len(pending) == 1:
+            assert self._loop is not None, "LedgerWriter.start() first"
+            self._loop.call_soon(self._push)
+
+    def _push(self) -> None:
+        if self._pending:
+            self._queue.put(self._pending)
+            self._pending = []
 
     # -- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            ops = [get()]
+            got: list[tuple[Any, ...]] | None = get()
+            ops: list[tuple[Any, ...]] = []
             # Everything queued goes into one transaction: a write-ahead waits for at most
             # the transaction under way and its own, never for a backlog of outcomes.
-            while True:
+            while got is not None:
+                ops += got
                 try:
-                    ops.append(get_nowait())
+                    got = get_nowait()
                 except queue.Empty:
                     break
-            stop = None in ops
-            applied = [op for op in ops if op is not None]
-            self._apply(applied)
-            self._applied += len(applied)
-            if stop:
+            self._apply(ops)
+            if got is None:
                 return
 
     def _apply(self, ops: list[tuple[Any, ...]]) -> None:
@@ -274,9 +314,9 @@ class LedgerWriter:
         for op in ops:
             kind = op[0]
             if kind == "record":
-                _, batch_id, at, end, batch, receipts = op
+                _, batch_id, at, end, batch, receipts, sent_at = op
                 if batch_id is not None:
-                    ends[batch_id] = (batch_id, end[0], at, *end[1:])
+                    ends[batch_id] = (batch_id, end[0], at, *end[1:], sent_at)
                 if receipts:
                     _outcome_rows(batch_id, batch, receipts, created, others)
             elif kind == "lines":

@@ -269,7 +269,9 @@ class Submitter:
                     count(n, "unknown line"),
                 )
         self._writer = self.ledger.writer()
-        self._writer.start()
+        # Half the slots' worth written ahead: measured at 30 in flight and 0.2 s, 4 left
+        # slots idle more often than 16 (28.3-28.9 vs 29.1-29.4 in flight on average).
+        self._writer.start(ahead=max(2, self.concurrency // 2))
         await self.transport.__aenter__()
         return self
 
@@ -655,21 +657,39 @@ class Submitter:
         return todo
 
     async def _send_loop(self, batches: asyncio.Queue[Batch | None]) -> None:
+        writer, ledger = self._writer, self.ledger
+        assert writer is not None and ledger is not None
         while (batch := await batches.get()) is not None:
             if self._halted():
                 await self._leave_pending(batch, "not sent: the run stopped")
                 continue
-            await self._send(batch)
+            try:
+                # Its write-ahead now, while the calls in flight hold every slot: when one
+                # frees, this batch's POST follows with no ledger write in between.
+                await writer.prepare(ledger.session_id or 0, batch)
+            except LedgerWriteError as exc:
+                self._error = self._error or exc
+                await self._leave_pending(batch, "not sent: the ledger cannot be written")
+                continue
+            try:
+                await self._send(batch)
+            finally:
+                # Cancelled before its POST: the row stays ``sending`` (the next run marks
+                # its lines unknown, the safe side); the place ahead is given back.
+                writer.unprepare(batch)
 
     async def _leave_pending(self, batch: Batch, reason: str) -> None:
-        """Lines not sent by this run (it stopped): recorded ``pending`` for the next."""
+        """Lines not sent by this run (it stopped): recorded ``pending`` for the next, and
+        the write-ahead made for them, if any, closed as a call that created nothing."""
         receipts = [
             Receipt(line=line, state="pending", tag=tag, reason=reason)
             for line, tag in zip(batch.lines, batch.tags, strict=True)
         ]
         writer = self._writer
         assert writer is not None
-        writer.record(None, (), batch, receipts)
+        batch_id = writer.unprepare(batch)
+        end = () if batch_id is None else ("not_created", None, None, 0, reason)
+        writer.record(batch_id, end, batch, receipts)
         await self._emit(receipts, "pending")
 
     def _budget_allows(self, n_tasks: int) -> bool:
