@@ -18,7 +18,7 @@ from llmtasks._throttle import RetryPolicy, Throttle
 from llmtasks._transport import Reply
 
 #: The budget a call is counted against: each published limit has its own; ``other``
-#: (user_data, the models list when no budget is given) is not limited per function.
+#: (user_data, free and unpublished) has none. A function without a throttle is not held.
 Function = Literal["task_post", "task_get", "tasks_ready", "id_list", "models", "other"]
 
 
