@@ -421,7 +421,7 @@ class Submitter:
                 None if offline else self.transport,
                 self.engine,
                 cache_dir=default_cache_dir() if cache is None else Path(cache) if cache else None,
-                slot=self.throttle.slot,
+                throttle=self.throttle,
             )
             self.rules = TaskRules(self.engine, self.models)
             if self.models.source == "service":
