@@ -11,6 +11,7 @@ not removed. The package has none of either, nor one through type hints.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -174,3 +175,13 @@ def test_no_circle_even_through_type_hints() -> None:
 def test_each_cli_module_reads_in_one_sitting(module: str) -> None:
     lines = all_modules()[module].read_text(encoding="utf-8").count("\n")
     assert lines <= 400, f"{module}: {lines} lines"
+
+
+def test_every_module_is_on_the_architecture_page() -> None:
+    """docs/architecture.md lists each module by its job: a module added without a line
+    there (or a line left for a module removed) fails here."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    on_disk = {p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    named = set(re.findall(r"`(_[a-z_]+\.py)`", page))
+    assert on_disk - named == set(), "modules missing from docs/architecture.md"
+    assert named - on_disk == set(), "docs/architecture.md names modules that do not exist"
