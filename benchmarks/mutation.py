@@ -706,6 +706,23 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "await asyncio.sleep(1.05)",
         )
     },
+    ("llmtasks._client.xǁAccountClientǁ__init__", "self._interrupted = None"): (
+        "None is as false as False: read only as a truth value"
+    ),
+    ("llmtasks._client.xǁAccountClientǁcall", 'reply: Reply | None = ""'): (
+        "the initial value is never read: every path that reads reply assigns it from the "
+        "attempt just sent first"
+    ),
+    **{
+        ("llmtasks._client.xǁAccountClientǁcall", line): (
+            "after a loop over itertools.count() that only returns: the line is never reached"
+        )
+        for line in (
+            "raise AssertionError(None)",
+            'raise AssertionError("XXunreachableXX")',
+            'raise AssertionError("UNREACHABLE")',
+        )
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"
