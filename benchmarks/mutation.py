@@ -661,14 +661,68 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "out: asyncio.Queue[list[Receipt] | None] = asyncio.Queue(maxsize=257)",
         )
     },
-    (
-        "llmtasks._submit.xǁSubmitterǁ_run_batches",
-        "await asyncio.gather(*senders, return_exceptions=None)",
-    ): (
-        "a sender ends only by its sentinel: every failure of a call is recorded as an "
-        "outcome, a ledger write error is kept in _error; no sender raises for gather to "
-        "return or re-raise"
+    **{
+        ("llmtasks._submit.xǁSubmitterǁ_run_batches", line): (
+            "a sender ends only by its sentinel: every failure of a call is recorded as an "
+            "outcome, a ledger write error is kept in _error; no sender raises for gather to "
+            "return or re-raise"
+        )
+        for line in (
+            "await asyncio.gather(*senders, return_exceptions=None)",
+            "await asyncio.gather(*senders, )",
+            "await asyncio.gather(*senders, return_exceptions=False)",
+        )
+    },
+    **{
+        ("llmtasks._submit.xǁSubmitterǁ__init__", line): why
+        for line, why in (
+            ("self._interrupted = None", "None is as false as False: read only as a truth value"),
+            (
+                'self._out: asyncio.Queue[list[Receipt] | None] | None = ""',
+                "set by _run_batches before anything reads it (_emit, _drain: _drain returns "
+                "first when no run was started)",
+            ),
+            (
+                'self._writer: LedgerWriter | None = ""',
+                "set in __aenter__ before anything reads it; __aexit__ runs only after a "
+                "__aenter__ that returned",
+            ),
+        )
+    },
+    **{
+        ("llmtasks._submit.xǁSubmitterǁ_drain", line): (
+            "the loop only keeps the supervisor from blocking on a full receipts queue (256 "
+            "lists) while it finishes; after stop() at most the calls in flight, the batches "
+            "queued (2 x concurrency, at most 60) and the producer's current chunk add lists, "
+            "fewer than 256, so waiting for the supervisor directly, or polling at another "
+            "pace, ends the same"
+        )
+        for line in (
+            "while supervisor.done():",
+            "if self._out is None:",
+            "await asyncio.wait_for(self._out.get(), timeout=None)",
+            "await asyncio.wait_for(self._out.get(), timeout=1.05)",
+            "await asyncio.sleep(None)",
+            "await asyncio.sleep(1.05)",
+        )
+    },
+    ("llmtasks._client.xǁAccountClientǁ__init__", "self._interrupted = None"): (
+        "None is as false as False: read only as a truth value"
     ),
+    ("llmtasks._client.xǁAccountClientǁcall", 'reply: Reply | None = ""'): (
+        "the initial value is never read: every path that reads reply assigns it from the "
+        "attempt just sent first"
+    ),
+    **{
+        ("llmtasks._client.xǁAccountClientǁcall", line): (
+            "after a loop over itertools.count() that only returns: the line is never reached"
+        )
+        for line in (
+            "raise AssertionError(None)",
+            'raise AssertionError("XXunreachableXX")',
+            'raise AssertionError("UNREACHABLE")',
+        )
+    },
     ("llmtasks._ratelimit.xǁConcurrencyGateǁ__init__", "self._successes = 1"): (
         "the count of successes matters only while the cap is below its maximum, and the "
         "only way there, lower(), resets the count to 0"

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -32,11 +33,13 @@ from llmtasks import AuthError, ConfigError, FundsError, InputError, Receipt, Su
 from llmtasks._decode import InputLine
 from llmtasks._errors import ServiceError
 from llmtasks._ledger import Ledger
+from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._lines import record_digest
+from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._replies import _field_of
 from llmtasks._submit import RunStats, prompt_digest
 from llmtasks._task import ENGINES
-from llmtasks._throttle import Throttle
+from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
 from llmtasks._transport import Reply
 from llmtasks.emulator import Emulator, EmulatorConfig
 
@@ -1431,3 +1434,138 @@ async def test_a_batch_left_open_when_the_run_stops_is_recorded_pending(
     assert_own_tags(got)
     assert s.stats.by_state == {"created": 2, "pending": 1}
     assert ledger_receipts(path)[3].state == "pending"
+
+
+# -- the Submitter's own settings and lifecycle --------------------------------------------
+
+
+def test_the_settings_reach_what_uses_them() -> None:
+    sub = Submitter(login="a", password="b", engine="claude", margin_s=0.5, period_s=30.0)
+    assert sub.rules.engine == "claude"
+    assert sub.limiter.margin_s == 0.5
+    assert sub.retry == RetryPolicy(max_attempts=8, backoff_s=0.5, max_backoff_s=30.0)
+    assert sub.transport._timeout.total == 60.0
+    assert sub.transport._max_connections == 30  # the account's limit may raise the gate
+    assert sub.models_cache_dir is None
+    custom = Submitter(
+        login="a",
+        password="b",
+        timeout_s=7.0,
+        max_attempts=4,
+        backoff_s=0.25,
+        max_backoff_s=2.0,
+        concurrency=5,
+        models_cache_dir="/x",
+    )
+    assert custom.retry == RetryPolicy(max_attempts=4, backoff_s=0.25, max_backoff_s=2.0)
+    assert custom.transport._timeout.total == 7.0
+    assert custom.transport._max_connections == 5 and custom.models_cache_dir == "/x"
+    rated = Submitter(login="a", password="b", rate=120)
+    assert rated.transport._max_connections == rated.concurrency
+    insecure = Submitter(login="a", password="b", base_url="http://h.test", allow_insecure=True)
+    assert insecure.transport.base_url == "http://h.test"
+    own = LocalThrottle(RateLimiter(rate=10, period_s=1.0), ConcurrencyGate(limit=2))
+    assert Submitter(login="a", password="b", throttle=own).throttle is own
+    with pytest.raises(ConfigError) as caught:
+        Submitter(login="a", password="b", rate=1)
+    assert str(caught.value) == "rate must be an integer of at least 2 calls, not 1"
+
+
+async def test_the_ledger_records_the_runs_input_engine_and_shard(tmp_path: Path) -> None:
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        for name, shard, engine in (("a.sqlite", None, "chat_gpt"), ("b.sqlite", (1, 2), "claude")):
+            path = tmp_path / name
+            async with submitter(
+                proxy.base_url, ledger=str(path), input_name="in.jsonl", shard=shard, engine=engine
+            ):
+                pass
+            ledger = Ledger.open_existing(path)
+            try:
+                meta = ledger.meta()
+            finally:
+                ledger.close()
+            assert meta["input"] == "in.jsonl" and meta["shard"] == ("" if shard is None else "1/2")
+            assert engine in meta["engines"]
+
+
+async def test_a_ledger_in_use_is_refused_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, ledger=str(path)),
+    ):
+        second = submitter(proxy.base_url, ledger=str(path))
+        with pytest.raises(ConfigError, match="in use by another submit"):
+            await second.__aenter__()
+        assert second.ledger is not None
+        with pytest.raises(sqlite3.ProgrammingError):  # closed: not left open
+            second.ledger.last_line()
+
+
+async def test_one_line_killed_in_flight_is_spoken_of_as_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "run.sqlite"
+    async with Emulator() as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url, ledger=str(path)) as first:
+            await run(first, tasks(1))
+        ledger = Ledger.open_existing(path)
+        try:
+            with ledger._db:
+                ledger._db.execute("UPDATE batches SET state = 'sending'")
+                ledger._db.execute("DELETE FROM lines")
+        finally:
+            ledger.close()
+        with caplog.at_level(logging.WARNING, logger="llmtasks"):
+            async with submitter(proxy.base_url, ledger=str(path)):
+                pass
+    assert (
+        "1 line being sent when an earlier run stopped: marked unknown, not resent (run "
+        "'llmtasks reconcile' to look it up)" in [r.getMessage() for r in caplog.records]
+    )
+
+
+async def test_leaving_ends_the_writer_and_the_session(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+
+    def cost(env: dict[str, Any]) -> dict[str, Any]:
+        env["cost"] = 0.12345678
+        return env
+
+    async with Emulator() as emu, Proxy(emu, [cost]) as proxy:
+        async with submitter(proxy.base_url, ledger=str(path)) as s:
+            await run(s, tasks(1))
+            assert s.stats.ended is not None  # the run's end, not the caller's
+        idle = submitter(proxy.base_url)
+        async with idle:
+            pass
+        assert idle.stats.ended is not None
+    assert not [t for t in threading.enumerate() if t.name == "llmtasks-ledger"]
+    ledger = Ledger.open_existing(path)
+    try:
+        (session,) = ledger.sessions()
+    finally:
+        ledger.close()
+    assert session.cost == 0.123457 and session.calls == 1
+
+
+async def test_leaving_the_loop_early_stops_the_run(tmp_path: Path) -> None:
+    async with Emulator(EmulatorConfig(latency_ms=20)) as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url, batch_size=2, concurrency=1) as s:
+            async for _ in s.submit(tasks(200)):
+                break
+        assert 0 < len(emu.created) < 200
+
+
+async def test_a_ledger_that_cannot_be_written_at_the_end_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: LedgerWriter) -> None:
+        raise LedgerWriteError("cannot write the ledger: disk full")
+
+    async with Emulator() as emu, Proxy(emu) as proxy, submitter(proxy.base_url) as s:
+        monkeypatch.setattr(LedgerWriter, "flush", broken)
+        with pytest.raises(LedgerWriteError, match="disk full"):
+            await run(s, tasks(1))
+        monkeypatch.undo()

@@ -376,3 +376,31 @@ async def test_a_lost_connection_says_what_happened() -> None:
         assert reply.message == "connection lost: Server disconnected"
     finally:
         await runner.cleanup()
+
+
+async def test_the_memory_transport_answers_in_turn_and_records_each_request() -> None:
+    from llmtasks._transport import MemoryTransport
+
+    first, second = Reply("ok", 200, 20000, "Ok."), Reply("retry", 200, 40202, "Later.")
+    memory = MemoryTransport([first, second])
+    assert await memory.post("/a", b"[1]") is first
+    assert await memory.get("/b") is second
+    assert memory.requests == [("POST", "/a", b"[1]"), ("GET", "/b", None)]
+    with pytest.raises(AssertionError, match=r"^no reply left for GET /c$"):
+        await memory.get("/c")
+    assert memory.requests[-1] == ("GET", "/c", None)
+
+
+async def test_the_memory_transport_can_answer_by_request() -> None:
+    from llmtasks._transport import MemoryTransport
+
+    seen: list[tuple[str, str, bytes | None]] = []
+
+    def answer(method: str, path: str, body: bytes | None) -> Reply:
+        seen.append((method, path, body))
+        return Reply("ok", 200, 20000, f"{method} {path}")
+
+    memory = MemoryTransport(answer)
+    assert (await memory.post("/p", b"x")).message == "POST /p"
+    assert (await memory.get("/g")).message == "GET /g"
+    assert seen == memory.requests == [("POST", "/p", b"x"), ("GET", "/g", None)]
