@@ -10,14 +10,14 @@ budget is not documented, so each published limit is treated as a budget of its 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final, Literal
 
 import msgspec
 
+from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._throttle import RetryPolicy
-from llmtasks._transport import Transport, describe_code
+from llmtasks._transport import describe_code
 
 USER_DATA_PATH: Final = "/v3/appendix/user_data"
 #: The documented task_post limit, used when the account cannot be read.
@@ -126,18 +126,20 @@ def parse_user_data(body: bytes) -> Account:
     )
 
 
-async def read_account(transport: Transport, retry: RetryPolicy | None = None) -> Account:
+async def read_account(transport: BaseTransport, retry: RetryPolicy | None = None) -> Account:
     """The free user_data call, tried up to 3 times (a read: safe to repeat).
 
     Raises ``AuthError`` for refused credentials, ``ServiceError`` for a refused call and
     ``AccountUnavailable`` when no answer came."""
-    retry = retry or RetryPolicy()
-    for attempt in range(1, 4):
-        reply = await transport.get(USER_DATA_PATH)
-        if reply.kind in ("ok", "auth", "fatal"):
-            break
-        if attempt < 3:
-            await asyncio.sleep(retry.delay_s(attempt))
+    client = AccountClient(transport, policy=retry)
+    answer = await client.call(
+        Request("other", "GET", USER_DATA_PATH, idempotent=True),
+        attempts=3,
+        # Whatever is not an answer is asked again: nothing here can create or cost anything.
+        again=lambda reply, _: reply.kind not in ("ok", "auth", "fatal"),
+    )
+    reply = answer.reply
+    assert reply is not None  # nothing stops this call
     if reply.kind == "auth":
         raise AuthError(f"the service refused the credentials ({describe_code(reply)})")
     if reply.kind == "fatal":

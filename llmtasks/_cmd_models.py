@@ -61,12 +61,8 @@ async def _models(args: argparse.Namespace, login: str, password: str) -> int:
         ) as transport,
         fleet_throttle(args, login, "models", DOCUMENTED_PER_MINUTE, 60.0) as throttle,
     ):
-        if throttle is None:
-            models = await ModelCatalog(transport).models(args.engine)
-        else:
-            # One call, at the documented per-minute default (the models budget of a fleet).
-            async with throttle.slot():
-                models = await ModelCatalog(transport).models(args.engine)
+        # Without --limiter, throttle is None: one call needs no local budget.
+        models = await ModelCatalog(transport, throttle=throttle).models(args.engine)
     if args.json:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(models)) + b"\n")
     else:

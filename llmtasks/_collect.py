@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from typing import Any, Final, Literal
 import msgspec
 import orjson
 
+from llmtasks._client import AccountClient, Request
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -266,8 +266,6 @@ class Collector:
     limiter: RateLimiter
     concurrency: int
     gate: ConcurrencyGate
-    throttle: Throttle
-    ready_throttle: Throttle
 
     def __init__(
         self,
@@ -309,18 +307,20 @@ class Collector:
         self._margin_s = margin_s
         # Shared throttles (a fleet's RedisThrottle per function) replace the local ones.
         self._shared: tuple[Throttle | None, Throttle | None] = (throttle, ready_throttle)
-        self.use_rate(rate, period_s)
-        self.retry = RetryPolicy(
-            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
-        )
         self.transport = Transport(
             base_url=base_url,
             login=login,
             password=password,
             timeout_s=timeout_s,
-            max_connections=self.concurrency,
+            max_connections=concurrency or default_concurrency(rate, period_s),
             allow_insecure=allow_insecure,
         )
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        )
+        #: Every call goes through it: the throttles below, the retry policy, the transport.
+        self.client = AccountClient(self.transport, policy=self.retry)
+        self.use_rate(rate, period_s)
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
         self.stats = CollectStats()
@@ -331,7 +331,6 @@ class Collector:
         self.ledger: Ledger | None = None
         self.writer: ResultWriter | None = None
         self.engine = engine or "chat_gpt"
-        self._successes = 0
         self._stop = asyncio.Event()
         self._stop_reason: LlmtasksError | None = None
         self._buffer: list[ResultRow] = []
@@ -356,6 +355,24 @@ class Collector:
         # the account's cap on simultaneous calls.
         self.throttle = self._shared[0] or LocalThrottle(self.limiter, self.gate)
         self.ready_throttle = self._shared[1] or LocalThrottle(self.ready_limiter, self.gate)
+
+    @property
+    def throttle(self) -> Throttle:
+        """task_get's: the account's rate and simultaneous calls."""
+        return self.client.throttles["task_get"]
+
+    @throttle.setter
+    def throttle(self, throttle: Throttle) -> None:
+        self.client.throttles["task_get"] = throttle
+
+    @property
+    def ready_throttle(self) -> Throttle:
+        """tasks_ready's: its own rate, the account's simultaneous calls."""
+        return self.client.throttles["tasks_ready"]
+
+    @ready_throttle.setter
+    def ready_throttle(self, throttle: Throttle) -> None:
+        self.client.throttles["tasks_ready"] = throttle
 
     def share(self, throttle: Throttle | None, ready_throttle: Throttle | None) -> None:
         """Take task_get (``throttle``) and tasks_ready tokens from these (e.g. a fleet's
@@ -529,39 +546,32 @@ class Collector:
 
     async def _poll(self) -> tuple[list[str], bool]:
         """One tasks_ready call: (ids, page was full). Retries what failed harmlessly."""
-        auth_glitches = 0
-        for attempt in itertools.count(1):
-            if self.stopping:
-                return [], False
-            async with self.ready_throttle.slot() as admitted_at:
-                reply = await self.transport.get(f"{self._base}/tasks_ready")
-            self.ready_throttle.react(reply, admitted_at)
-            self.stats.polls += 1
-            if reply.kind == "ok":
-                self._successes += 1
-                try:
-                    env = _decode_ready(reply.body)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("tasks_ready answered something unreadable; trying again later")
-                    return [], False
-                items = [i for t in env.tasks or [] for i in t.result or []]
-                return [i.id for i in items], len(items) >= READY_PAGE
-            if self._retryable(reply, auth_glitches) and attempt < self.retry.max_attempts:
-                auth_glitches += reply.kind == "auth"
-                self.stats.retries += 1
-                await self._sleep(self.retry.delay_s(attempt))
-                continue
-            if reply.kind in ("retry", "unknown"):
-                log.warning("tasks_ready: %s; will try again later", reply.message)
-                return [], False
-            self._stop_reason = stop_error(reply, self._successes)
-            return [], False
-        raise AssertionError("unreachable")
-
-    def _retryable(self, reply: Reply, auth_glitches: int) -> bool:
-        return self.retry.retryable(
-            reply, successes=self._successes, auth_glitches=auth_glitches, idempotent=True
+        answer = await self.client.call(
+            Request("tasks_ready", "GET", f"{self._base}/tasks_ready", idempotent=True),
+            stopping=lambda: self.stopping,
+            on_retry=self._retrying,
+            sleep=self._sleep,
         )
+        self.stats.polls += answer.attempts
+        reply = answer.reply
+        if reply is None or answer.stopped:
+            return [], False
+        if reply.kind == "ok":
+            try:
+                env = _decode_ready(reply.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("tasks_ready answered something unreadable; trying again later")
+                return [], False
+            items = [i for t in env.tasks or [] for i in t.result or []]
+            return [i.id for i in items], len(items) >= READY_PAGE
+        if reply.kind in ("retry", "unknown"):
+            log.warning("tasks_ready: %s; will try again later", reply.message)
+            return [], False
+        self._stop_reason = stop_error(reply, self.client.successes)
+        return [], False
+
+    async def _retrying(self, reply: Reply, attempt: int) -> None:
+        self.stats.retries += 1
 
     async def _fetch_all(self, refs: Sequence[TaskRef], via: Via) -> None:
         it = iter(refs)
@@ -578,51 +588,46 @@ class Collector:
 
     async def _fetch_one(self, ref: TaskRef, via: Via) -> None:
         assert self.ledger is not None
-        path = f"{self._base}/task_get/{ref.task_id}"
-        auth_glitches = 0
-        for attempt in itertools.count(1):
-            if self.stopping:
-                return
-            async with self.throttle.slot() as admitted_at:
-                reply = await self.transport.get(path)
-            self.throttle.react(reply, admitted_at)
-            self.stats.calls += 1
-            task = None
-            if reply.status_code in GONE_CODES:
-                # Said for the whole call (HTTP 404 or 200): the answer about this one task.
-                gone = GotTask(status_code=reply.status_code, id=ref.task_id)
-                self._record(ref, msgspec.structs.replace(gone, status_message=reply.message), via)
-                return
-            if reply.kind == "ok":
-                self._successes += 1
-                try:
-                    tasks = decode_got(reply.body).tasks or []
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    tasks = []
-                task = tasks[0] if tasks else None
-                if task is not None and task.status_code not in TRANSIENT_TASK_CODES:
-                    self._record(ref, task, via)
-                    if (
-                        len(self._buffer) >= _FLUSH_EVERY
-                        or time.monotonic() - self._flushed_at >= _FLUSH_AFTER_S
-                    ):
-                        await self._flush_async()
-                    return
-            if (task is not None or self._retryable(reply, auth_glitches)) and (
-                attempt < self.retry.max_attempts
-            ):
-                # A task not done yet, or a call that created nothing: ask again later.
-                auth_glitches += reply.kind == "auth"
-                self.stats.retries += 1
-                await asyncio.sleep(self.retry.delay_s(attempt))
-                continue
-            if reply.kind in ("ok", "retry", "unknown"):
-                # Left marked ``fetching``: the next round (or run) asks again.
-                log.warning("task_get %s: %s; will ask again later", ref.task_id, reply.message)
-                return
-            if self._stop_reason is None:
-                self._stop_reason = stop_error(reply, self._successes)
+        seen: list[tuple[Reply, GotTask | None]] = []
+
+        def again(reply: Reply, default: bool) -> bool:
+            if reply.status_code in GONE_CODES or reply.kind != "ok":
+                return default and reply.status_code not in GONE_CODES
+            tasks = _got_tasks(reply.body)
+            seen.append((reply, tasks[0] if tasks else None))
+            # A task not done yet (a per-task 40202/40209): ask again later.
+            return bool(tasks) and tasks[0].status_code in TRANSIENT_TASK_CODES
+
+        answer = await self.client.call(
+            Request("task_get", "GET", f"{self._base}/task_get/{ref.task_id}", idempotent=True),
+            again=again,
+            stopping=lambda: self.stopping,
+            on_retry=self._retrying,
+        )
+        self.stats.calls += answer.attempts
+        reply = answer.reply
+        if reply is None or answer.stopped:
+            return  # left marked ``fetching``: the next round (or run) asks again
+        if reply.status_code in GONE_CODES:
+            # Said for the whole call (HTTP 404 or 200): the answer about this one task.
+            gone = GotTask(status_code=reply.status_code, id=ref.task_id)
+            self._record(ref, msgspec.structs.replace(gone, status_message=reply.message), via)
             return
+        task = seen[-1][1] if seen and seen[-1][0] is reply else None
+        if task is not None and task.status_code not in TRANSIENT_TASK_CODES:
+            self._record(ref, task, via)
+            if (
+                len(self._buffer) >= _FLUSH_EVERY
+                or time.monotonic() - self._flushed_at >= _FLUSH_AFTER_S
+            ):
+                await self._flush_async()
+            return
+        if reply.kind in ("ok", "retry", "unknown"):
+            # Left marked ``fetching``: the next round (or run) asks again.
+            log.warning("task_get %s: %s; will ask again later", ref.task_id, reply.message)
+            return
+        if self._stop_reason is None:
+            self._stop_reason = stop_error(reply, self.client.successes)
 
     def _record(self, ref: TaskRef, task: GotTask, via: Via) -> None:
         assert self.ledger is not None
@@ -665,6 +670,13 @@ class Collector:
         if self._out is not None:
             while self._pending_out:
                 await self._out.put(self._pending_out.pop(0))
+
+
+def _got_tasks(body: bytes) -> list[GotTask]:
+    try:
+        return decode_got(body).tasks or []
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
 
 
 async def collect(

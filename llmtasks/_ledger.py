@@ -546,7 +546,9 @@ class Ledger(ResultsStore):
         return [float(t) for (t,) in self._db.execute("SELECT sent_at FROM batches ORDER BY 1")]
 
     def retries(self) -> int:
-        ((n,),) = self._db.execute("SELECT COALESCE(SUM(MAX(attempts, 1) - 1), 0) FROM batches")
+        # Each attempt of a call is a batch row of its own, numbered by ``attempts``: every
+        # row after a call's first is one retry.
+        ((n,),) = self._db.execute("SELECT COUNT(*) FROM batches WHERE attempts > 1")
         return int(n)
 
     def line_counts(self) -> list[tuple[str, str, Collected, int]]:

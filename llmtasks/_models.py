@@ -18,16 +18,16 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
+from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ConfigError, LlmtasksError, ServiceError
 from llmtasks._models_builtin import BUILTIN
 from llmtasks._task import ENGINES
+from llmtasks._throttle import RetryPolicy, Throttle
 from llmtasks._transport import Transport
 from llmtasks._words import count
 
@@ -37,6 +37,8 @@ _DATED: Final = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 _ALIAS: Final = re.compile(r"^(?P<base>.+?)-(?:0|latest)$")
 #: How long a fetched list is trusted: models lists change, but not by the hour.
 CACHE_MAX_AGE_S: Final = 24 * 3600.0
+#: A run waits for the list before its first POST; past this, the built-in table will do.
+_ATTEMPTS: Final = 3
 
 Source = Literal["service", "cache", "built-in"]
 
@@ -85,11 +87,27 @@ def models_path(engine: str) -> str:
     return f"/v3/ai_optimization/{engine}/llm_responses/models"
 
 
-async def fetch_models(transport: Transport, engine: str) -> list[ModelInfo]:
-    """One call to the models endpoint. Raises ``ServiceError`` when it gives no list."""
+async def fetch_models(
+    transport: BaseTransport,
+    engine: str,
+    *,
+    throttle: Throttle | None = None,
+    policy: RetryPolicy | None = None,
+) -> list[ModelInfo]:
+    """The models endpoint, asked through the one retry loop (a GET: a lost reply is asked
+    again, at most ``_ATTEMPTS`` times), in a ``throttle`` slot that hears the reply.
+    Raises ``ServiceError`` when it gives no list."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    reply = await transport.get(models_path(engine))
+    client = AccountClient(
+        transport, throttles={} if throttle is None else {"models": throttle}, policy=policy
+    )
+    answer = await client.call(
+        Request("models", "GET", models_path(engine), idempotent=True), attempts=_ATTEMPTS
+    )
+    reply = answer.reply
+    if reply is None:
+        raise ServiceError(f"models for {engine}: not asked, the run is stopping")
     if reply.kind == "auth":
         raise AuthError(f"the service refused the credentials ({reply.message})")
     if reply.kind != "ok":
@@ -155,12 +173,13 @@ async def load_models(
     *,
     cache_dir: Path | None = None,
     max_age_s: float = CACHE_MAX_AGE_S,
-    slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    throttle: Throttle | None = None,
 ) -> ModelList:
     """An engine's models: cached (younger than ``max_age_s``), fetched, or built in.
 
-    ``transport`` None means offline: the built-in table. ``slot`` is the throttle's, so the
-    call counts against the account's rate like any other. ``cache_dir`` None: no cache.
+    ``transport`` None means offline: the built-in table. The call takes a slot of
+    ``throttle``, so it counts against the account's rate like any other. ``cache_dir``
+    None: no cache.
     Never raises for the service: any failure gives the built-in table, ``note`` says why."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -172,11 +191,7 @@ async def load_models(
         if cached is not None:
             return ModelList(engine, tuple(cached), "cache")
     try:
-        if slot is None:
-            models = await fetch_models(transport, engine)
-        else:
-            async with slot():
-                models = await fetch_models(transport, engine)
+        models = await fetch_models(transport, engine, throttle=throttle)
     except LlmtasksError as exc:
         # Even a refused login: the list only sharpens the checks, and the first POST
         # speaks for the credentials (the service's 401s also come and go under load).
@@ -229,13 +244,16 @@ def model_warning(
 class ModelCatalog:
     """The models lists of one run: each engine's list is fetched at most once."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: BaseTransport, *, throttle: Throttle | None = None) -> None:
         self._transport = transport
+        self._throttle = throttle
         self._cache: dict[str, list[ModelInfo]] = {}
 
     async def models(self, engine: str) -> list[ModelInfo]:
         if engine not in self._cache:
-            self._cache[engine] = await fetch_models(self._transport, engine)
+            self._cache[engine] = await fetch_models(
+                self._transport, engine, throttle=self._throttle
+            )
         return self._cache[engine]
 
     async def check(self, engine: str, name: str) -> str | None:

@@ -15,7 +15,6 @@ finding it there would prove nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -24,13 +23,14 @@ from typing import Any, Final
 
 import orjson
 
+from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._ledger import Ledger, LineRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
 from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
-from llmtasks._transport import Transport
+from llmtasks._transport import Reply
 
 log = logging.getLogger("llmtasks")
 
@@ -41,8 +41,10 @@ DEFAULT_SKEW_S: Final = 300.0
 #: A POST that timed out may still be running on the service: look only once it is surely done.
 DEFAULT_MIN_AGE_S: Final = 120.0
 _MAX_TRIES: Final = 6
-#: The same backoff as every other call (1 s, doubling to 30 s, from the upper half).
-_BACKOFF: Final = RetryPolicy(max_attempts=_MAX_TRIES)
+#: The backoff of every reconcile call: 1 s, doubling to 30 s, from the upper half.
+_BACKOFF: Final = RetryPolicy(max_attempts=_MAX_TRIES, backoff_s=1.0)
+#: The clock is a nicety (without it, our own clock less the skew): asked at most this often.
+_CLOCK_TRIES: Final = 3
 #: How far back id_list lists tasks with their metadata: "one month", read as the shortest.
 METADATA_REACH_S: Final = 28 * 24 * 3600.0
 CLOCK_PATH: Final = "/v3/appendix/user_data"
@@ -80,7 +82,7 @@ def _windows(times: list[float], skew_s: float) -> list[tuple[float, float]]:
 
 async def reconcile(
     ledger: Ledger,
-    transport: Transport,
+    transport: BaseTransport,
     *,
     min_age_s: float = DEFAULT_MIN_AGE_S,
     skew_s: float = DEFAULT_SKEW_S,
@@ -105,6 +107,7 @@ async def reconcile(
         return report
     service_now, report.clock = await service_clock(transport, skew_s)
     report.calls += 1
+    client = AccountClient(transport, policy=_BACKOFF)
     reach = service_now - METADATA_REACH_S
     # Every window [t - skew, t + skew] is cut at the service's now (nothing can have been
     # created later); it must start within id_list's reach, or a miss would prove nothing.
@@ -115,7 +118,7 @@ async def reconcile(
     for line, tag, digest, _ in ripe:
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
-    limiter = id_list_throttle or LocalThrottle(
+    client.throttles["id_list"] = id_list_throttle or LocalThrottle(
         RateLimiter(rate=max(2, id_list_rate), period_s=60.0), ConcurrencyGate(limit=1)
     )
     found: dict[int, Receipt] = {}
@@ -123,7 +126,7 @@ async def reconcile(
     for lo, hi in ((lo, min(hi, service_now)) for lo, hi in windows):
         offset = 0
         while True:
-            items = await _page(transport, limiter, lo, hi, offset, report)
+            items = await _page(client, lo, hi, offset, report)
             for item in items:
                 _match(item, ledger.engine, by_tag, found, report)
             if len(items) < PAGE:
@@ -131,11 +134,11 @@ async def reconcile(
             offset += PAGE
     missing = [u for u in ripe + blind if u[0] not in found]
     if missing:
-        ready = tasks_ready_throttle or LocalThrottle(
+        client.throttles["tasks_ready"] = tasks_ready_throttle or LocalThrottle(
             RateLimiter(rate=max(2, tasks_ready_rate), period_s=60.0, burst=1),
             ConcurrencyGate(limit=1),
         )
-        await _tasks_ready(transport, ready, ledger.engine, missing, found, report)
+        await _tasks_ready(client, ledger.engine, missing, found, report)
     verdicts = list(found.values())
     for line, _, _, _ in ripe:
         if line not in found:
@@ -171,18 +174,21 @@ def _blind_reason(sent: float, reach: float) -> str:
     )
 
 
-async def service_clock(transport: Transport, skew_s: float) -> tuple[float, str]:
+async def service_clock(transport: BaseTransport, skew_s: float) -> tuple[float, str]:
     """The service's "now": the ``Date`` header of a free call's reply. Without one, our own
     clock less ``skew_s`` (the most the clocks are assumed to disagree): never in its future."""
-    for attempt in range(1, _MAX_TRIES + 1):
-        reply = await transport.get(CLOCK_PATH)
-        if reply.kind == "auth":
-            raise AuthError(f"the service refused the credentials ({reply.message})")
-        if reply.server_time is not None:
-            return reply.server_time, "the service's Date header"
-        if reply.kind == "ok" or attempt == 3:
-            break
-        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
+    answer = await AccountClient(transport, policy=_BACKOFF).call(
+        Request("other", "GET", CLOCK_PATH, idempotent=True),
+        attempts=_CLOCK_TRIES,
+        # Any reply with a Date will do; an answer without one would come back the same.
+        again=lambda reply, _: reply.kind not in ("ok", "auth") and reply.server_time is None,
+    )
+    reply = answer.reply
+    assert reply is not None  # nothing stops this call
+    if reply.kind == "auth":
+        raise AuthError(f"the service refused the credentials ({reply.message})")
+    if reply.server_time is not None:
+        return reply.server_time, "the service's Date header"
     log.warning(
         "the service's reply had no Date header: taking our clock less %.0f s as its now", skew_s
     )
@@ -226,8 +232,7 @@ def _match(
 
 
 async def _tasks_ready(
-    transport: Transport,
-    throttle: Throttle,
+    client: AccountClient,
     engine: str,
     missing: list[LineRef],
     found: dict[int, Receipt],
@@ -240,20 +245,25 @@ async def _tasks_ready(
     for line, tag, _, _ in missing:
         if tag is not None:
             lines_by_tag.setdefault(tag, []).append(line)
-    retry = _BACKOFF
-    for attempt in range(1, retry.max_attempts + 1):
-        report.calls += 1
-        async with throttle.slot() as admitted_at:
-            reply = await transport.get(f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready")
-        throttle.react(reply, admitted_at)
-        # A read: asking again can never create or cost anything (a lost reply included).
-        if attempt < retry.max_attempts and retry.retryable(
-            reply, successes=0, auth_glitches=0, idempotent=True
-        ):
-            log.info("tasks_ready failed (%s), attempt %d", reply.message, attempt)
-            await asyncio.sleep(retry.delay_s(attempt))
-            continue
-        break
+
+    async def failed(reply: Reply, attempt: int) -> None:
+        log.info("tasks_ready failed (%s), attempt %d", reply.message, attempt)
+
+    answer = await client.call(
+        Request(
+            "tasks_ready",
+            "GET",
+            f"/v3/ai_optimization/{engine}/llm_responses/tasks_ready",
+            idempotent=True,
+        ),
+        # A read: asking again can never create or cost anything (a lost reply included);
+        # refused credentials are not asked again here, whatever came before.
+        again=lambda reply, default: default and reply.kind != "auth",
+        on_retry=failed,
+    )
+    report.calls += answer.attempts
+    reply = answer.reply
+    assert reply is not None  # nothing stops this call
     if reply.kind != "ok":
         log.info("tasks_ready not available for reconcile (%s)", reply.message)
         return
@@ -274,12 +284,7 @@ async def _tasks_ready(
 
 
 async def _page(
-    transport: Transport,
-    limiter: Throttle,
-    lo: float,
-    hi: float,
-    offset: int,
-    report: ReconcileReport,
+    client: AccountClient, lo: float, hi: float, offset: int, report: ReconcileReport
 ) -> list[dict[str, Any]]:
     body = orjson.dumps(
         [
@@ -294,25 +299,52 @@ async def _page(
             }
         ]
     )
-    for attempt in range(1, _MAX_TRIES + 1):
-        report.calls += 1
-        async with limiter.slot() as admitted_at:
-            reply = await transport.post(ID_LIST_PATH, body)
-        # 40202 (or 429) slows every later id_list call down.
-        limiter.react(reply, admitted_at)
+    pages: list[list[dict[str, Any]]] = []
+
+    def again(reply: Reply, _: bool) -> bool:
+        # id_list is a free read: anything but an answer (or refused credentials) is asked
+        # again, a refusal of the query itself (task level) included.
         if reply.kind == "auth":
-            raise AuthError(f"the service refused the credentials ({reply.message})")
-        if reply.kind == "ok" and reply.envelope is not None:
-            tasks = reply.envelope.tasks or []
-            task = tasks[0] if tasks else None
-            if task is not None and task.status_code == 20000:
-                doc = orjson.loads(reply.body)
-                result = doc["tasks"][0].get("result") or []
-                return [r for r in result if isinstance(r, dict)]
-            reason = f"{task.status_code} {task.status_message}" if task else "no task"
-        else:
-            reason = reply.message
-        # id_list is a free read: asking again can never cost anything.
-        log.info("id_list failed (%s), attempt %d", reason, attempt)
-        await asyncio.sleep(_BACKOFF.delay_s(attempt + 1))
-    raise ServiceError(f"id_list kept failing ({reason}); nothing was changed, try again later")
+            return False
+        items = _items(reply)
+        if items is None:
+            return True
+        pages.append(items)
+        return False
+
+    async def failed(reply: Reply, attempt: int) -> None:
+        log.info("id_list failed (%s), attempt %d", _reason(reply), attempt)
+
+    # 40202 (or 429) from id_list slows every later id_list call down (its throttle).
+    answer = await client.call(
+        Request("id_list", "POST", ID_LIST_PATH, body, idempotent=True),
+        again=again,
+        on_retry=failed,
+    )
+    report.calls += answer.attempts
+    reply = answer.reply
+    assert reply is not None  # nothing stops this call
+    if reply.kind == "auth":
+        raise AuthError(f"the service refused the credentials ({reply.message})")
+    if pages:
+        return pages[-1]
+    raise ServiceError(
+        f"id_list kept failing ({_reason(reply)}); nothing was changed, try again later"
+    )
+
+
+def _items(reply: Reply) -> list[dict[str, Any]] | None:
+    """The listed tasks of an id_list answer, None unless it is one."""
+    env = reply.envelope if reply.kind == "ok" else None
+    tasks = (env.tasks or []) if env is not None else []
+    if not tasks or tasks[0].status_code != 20000:
+        return None
+    result = orjson.loads(reply.body)["tasks"][0].get("result") or []
+    return [r for r in result if isinstance(r, dict)]
+
+
+def _reason(reply: Reply) -> str:
+    if reply.kind != "ok" or reply.envelope is None:
+        return reply.message
+    tasks = reply.envelope.tasks or []
+    return f"{tasks[0].status_code} {tasks[0].status_message}" if tasks else "no task"

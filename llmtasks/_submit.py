@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import logging
 import time
 from collections.abc import (
@@ -19,7 +18,6 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Iterable,
-    Iterator,
     Mapping,
 )
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from llmtasks._account import (
     read_account,
 )
 from llmtasks._batching import Batch, chunked
+from llmtasks._client import AccountClient, Request
 from llmtasks._decode import Completer, InputLine, decode_record
 from llmtasks._errors import (
     ConfigError,
@@ -49,6 +48,7 @@ from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt, State
+from llmtasks._replies import post_receipts
 from llmtasks._rules import TaskRules
 from llmtasks._task import (
     ENGINES,
@@ -64,7 +64,6 @@ from llmtasks._throttle import (
 )
 from llmtasks._transport import (
     DEFAULT_BASE_URL,
-    INVALID_TASK_CODES,
     Reply,
     Transport,
     stop_error,
@@ -131,8 +130,6 @@ class Submitter:
     made, with unsent lines left ``pending`` in the ledger for a later run.
     """
 
-    throttle: Throttle
-
     def __init__(
         self,
         *,
@@ -177,14 +174,27 @@ class Submitter:
         self.rate_given = rate is not None
         self._concurrency_arg = concurrency
         self._margin_s = margin_s
+        self.transport = Transport(
+            base_url=base_url,
+            login=login,
+            password=password,
+            timeout_s=timeout_s,
+            # The account's limit may raise the concurrency later (see _set_rate); the gate,
+            # not the connection pool, is what holds calls to it.
+            max_connections=concurrency
+            or (default_concurrency(rate, period_s) if rate is not None else 30),
+            allow_insecure=allow_insecure,
+        )
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        )
+        #: Every call goes through it: the task_post throttle, the retry policy, the transport.
+        self.client = AccountClient(self.transport, policy=self.retry)
         self._set_rate(rate if rate is not None else DOCUMENTED_CALLS_PER_MINUTE, period_s)
         if throttle is not None:
             self.throttle = throttle
         #: Where the rate came from, for the summary.
         self.rate_source = "--rate" if self.rate_given else "the documented default"
-        self.retry = RetryPolicy(
-            max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
-        )
         self.engine = engine
         if shard is not None and not 1 <= shard[0] <= shard[1]:
             raise ConfigError(f"shard must be I/N with 1 <= I <= N, not {shard[0]}/{shard[1]}")
@@ -206,16 +216,6 @@ class Submitter:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an http(s) URL")
         self.path = f"/v3/ai_optimization/{engine}/llm_responses/task_post"
-        self.transport = Transport(
-            base_url=base_url,
-            login=login,
-            password=password,
-            timeout_s=timeout_s,
-            # The account's limit may raise the concurrency later (see _set_rate); the gate,
-            # not the connection pool, is what holds calls to it.
-            max_connections=self.concurrency if self.rate_given or concurrency else 30,
-            allow_insecure=allow_insecure,
-        )
         self.models_cache_dir = models_cache_dir
         #: The engine's rules with the run's models list (``load_models``); built-in until then.
         self.rules = TaskRules(engine)
@@ -229,10 +229,8 @@ class Submitter:
         self._stop_reason: LlmtasksError | None = None
         self._error: Exception | None = None
         self._interrupted = False
-        self._successes = 0
         self._out: asyncio.Queue[list[Receipt] | None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._waiting: set[asyncio.Task[Any]] = set()
         self._writer: LedgerWriter | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -326,32 +324,20 @@ class Submitter:
         Senders waiting for a slot or a backoff stop waiting (a shared limiter that cannot be
         reached could make them wait for ever)."""
         self._interrupted = True
-        for task in self._waiting:
-            task.cancel()
-
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[None]:
-        """A wait that ``stop()`` may cut short with a cancellation (see ``_cut_short``)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting.add(task)
-        try:
-            yield
-        finally:
-            self._waiting.discard(task)
-
-    def _cut_short(self) -> bool:
-        """After a CancelledError from an ``_interruptible`` wait: True (and the cancellation
-        taken back) when ``stop()`` sent it; False when someone else is cancelling us."""
-        task = asyncio.current_task()
-        if self._interrupted and task is not None and task.cancelling() == 1:
-            task.uncancel()
-            return True
-        return False
+        self.client.stop()
 
     @property
     def interrupted(self) -> bool:
         return self._interrupted
+
+    @property
+    def throttle(self) -> Throttle:
+        """task_post's: this process's bucket and gate, or a fleet's shared limit."""
+        return self.client.throttles["task_post"]
+
+    @throttle.setter
+    def throttle(self, throttle: Throttle) -> None:
+        self.client.throttles["task_post"] = throttle
 
     def _set_rate(self, rate: int, period_s: float) -> None:
         try:
@@ -386,7 +372,7 @@ class Submitter:
             log.warning("%s; going on without the account check", exc)
             return None
         # The credentials worked: a 401 from now on is the service's passing glitch.
-        self._successes += 1
+        self.client.successes += 1
         self.apply_account(info)
         balance = info.balance_usd
         if tasks_hint is not None and balance is not None:
@@ -435,11 +421,11 @@ class Submitter:
                 None if offline else self.transport,
                 self.engine,
                 cache_dir=default_cache_dir() if cache is None else Path(cache) if cache else None,
-                slot=self.throttle.slot,
+                throttle=self.throttle,
             )
             self.rules = TaskRules(self.engine, self.models)
             if self.models.source == "service":
-                self._successes += 1  # as for user_data: the credentials work
+                self.client.successes += 1  # as for user_data: the credentials work
             if self.models.source == "built-in":
                 log.warning(
                     "the %s models list could not be read (%s): checking models against the "
@@ -715,79 +701,75 @@ class Submitter:
     async def _send(self, batch: Batch) -> None:
         writer, ledger = self._writer, self.ledger
         assert writer is not None and ledger is not None
-        body = batch.body()
         worst = len(batch) * self.max_task_cost_usd
-        auth_glitches = 0
-        for attempt in itertools.count(1):
+        sent: list[int] = []  # the write-ahead of each attempt sent
+        refused: list[str] = []  # why the last attempt was not sent
+
+        @contextlib.asynccontextmanager
+        async def prepare(attempt: int) -> AsyncIterator[bool]:
+            # Inside the slot. Taken at admission: the limiter's windows count from there.
+            called_at = time.monotonic()
             if self._halted():
-                await self._leave_pending(batch, "not sent: the run stopped")
+                refused.append("not sent: the run stopped")
+            elif not self._budget_allows(len(batch)):
+                self._stop_reason = FundsError(
+                    f"--max-cost-usd {self.max_cost_usd} reached: the next call could cost "
+                    f"up to ${worst:.4f} more; unsent lines stay pending"
+                )
+                refused.append("not sent: --max-cost-usd reached")
+            if refused:
+                yield False
                 return
-            async with contextlib.AsyncExitStack() as held:
-                try:
-                    with self._interruptible():
-                        admitted_at = await held.enter_async_context(self.throttle.slot())
-                except asyncio.CancelledError:
-                    if not self._cut_short():
-                        raise
-                # Taken at admission: the limiter's windows are counted from there.
-                called_at = time.monotonic()
-                if self._halted():
-                    await self._leave_pending(batch, "not sent: the run stopped")
-                    return
-                if not self._budget_allows(len(batch)):
-                    self._stop_reason = FundsError(
-                        f"--max-cost-usd {self.max_cost_usd} reached: the next call could cost "
-                        f"up to ${worst:.4f} more; unsent lines stay pending"
-                    )
-                    await self._leave_pending(batch, "not sent: --max-cost-usd reached")
-                    return
-                self.stats.reserved_usd += worst
+            self.stats.reserved_usd += worst
+            try:
                 try:
                     # Committed before the POST leaves: see _ledger_writer.
-                    batch_id = await writer.mark_sending(ledger.session_id or 0, batch)
-                    self.stats.note_call(called_at)
-                    reply = await self.transport.post(self.path, body)
+                    sent.append(await writer.mark_sending(ledger.session_id or 0, batch))
                 except LedgerWriteError as exc:
                     self._error = self._error or exc
-                    await self._leave_pending(batch, "not sent: the ledger cannot be written")
-                    return
-                finally:
-                    self.stats.reserved_usd -= worst
-            self.throttle.react(reply, admitted_at)
-            if reply.kind == "ok":
-                self._successes += 1
-                await self._record_ok(batch, batch_id, reply, attempt)
-                return
-            if reply.kind == "unknown":
-                await self._record_all(
-                    batch, batch_id, "unknown", reply, attempt, f"reply lost: {reply.message}"
-                )
-                return
-            retryable = self.retry.retryable(
-                reply, successes=self._successes, auth_glitches=auth_glitches
+                    refused.append("not sent: the ledger cannot be written")
+                else:
+                    self.stats.note_call(called_at)
+                yield not refused
+            finally:
+                self.stats.reserved_usd -= worst
+
+        async def retrying(reply: Reply, attempt: int) -> None:
+            self.stats.retries += 1
+            # Certainly nothing was created: the lines are pending again while we wait.
+            await self._record_all(batch, sent[-1], "pending", reply, attempt, None, emit=False)
+            log.info("retrying a call (%s), attempt %d", reply.message, attempt + 1)
+
+        # Never idempotent: a reply lost after the POST left comes back ``unknown``.
+        answer = await self.client.call(
+            Request("task_post", "POST", self.path, batch.body()),
+            stopping=self._halted,
+            prepare=prepare,
+            on_retry=retrying,
+        )
+        reply, attempt = answer.reply, answer.attempts
+        if reply is None:
+            await self._leave_pending(
+                batch, refused[-1] if refused else "not sent: the run stopped"
             )
-            if retryable and attempt < self.retry.max_attempts and not self._halted():
-                auth_glitches += reply.kind == "auth"
-                self.stats.retries += 1
-                # Certainly nothing was created: the lines are pending again while we wait.
-                await self._record_all(batch, batch_id, "pending", reply, attempt, None, emit=False)
-                log.info("retrying a call (%s), attempt %d", reply.message, attempt + 1)
-                try:
-                    with self._interruptible():
-                        await asyncio.sleep(self.retry.delay_s(attempt))
-                except asyncio.CancelledError:
-                    if not self._cut_short():
-                        raise
-                continue
-            # Nothing was created; these lines wait for a later run.
-            if reply.kind == "retry":
-                reason = f"gave up after {attempt} attempts: {reply.message}"
-            else:
-                reason = f"not sent: {reply.message}"
-                if self._stop_reason is None:
-                    self._stop_reason = stop_error(reply, self._successes)
-            await self._record_all(batch, batch_id, "pending", reply, attempt, reason)
             return
+        batch_id = sent[-1]
+        if reply.kind == "ok":
+            await self._record_ok(batch, batch_id, reply, attempt)
+            return
+        if reply.kind == "unknown":
+            await self._record_all(
+                batch, batch_id, "unknown", reply, attempt, f"reply lost: {reply.message}"
+            )
+            return
+        # Nothing was created; these lines wait for a later run.
+        if reply.kind == "retry":
+            reason = f"gave up after {attempt} attempts: {reply.message}"
+        else:
+            reason = f"not sent: {reply.message}"
+            if self._stop_reason is None:
+                self._stop_reason = stop_error(reply, self.client.successes)
+        await self._record_all(batch, batch_id, "pending", reply, attempt, reason)
 
     async def _record_all(
         self,
@@ -832,83 +814,12 @@ class Submitter:
         writer = self._writer
         env = reply.envelope
         assert writer is not None and env is not None
-        replies = env.tasks or []
-        n_replies = len(replies)
-        receipts: list[Receipt] = []
-        all_created = True
-        cost = 0.0
-        for i, line in enumerate(batch.lines):
-            tag = batch.tags[i]
-            if i < n_replies:
-                t = replies[i]
-                code, msg, task_cost = t.status_code, t.status_message, t.cost
-                echoed = t.data.tag if t.data is not None else None
-                if code == 20100 and (echoed is None or echoed == tag):
-                    # The common case, kept short: one receipt and one row per task.
-                    receipts.append(Receipt(line, "created", tag, t.id, 20100, msg, task_cost))
-                    cost += task_cost or 0.0
-                    continue
-                if echoed is not None and echoed != tag:
-                    r = Receipt(
-                        line=line,
-                        state="unknown",
-                        tag=tag,
-                        status_code=code,
-                        status_message=msg,
-                        reason=f"reply out of order (tag {echoed!r} for line {line})",
-                    )
-                elif code in INVALID_TASK_CODES:
-                    r = Receipt(
-                        line=line,
-                        state="rejected",
-                        tag=tag,
-                        task_id=t.id,
-                        status_code=code,
-                        status_message=msg,
-                        cost=task_cost,
-                        field=_field_of(msg),
-                        reason=msg,
-                    )
-                else:
-                    r = Receipt(
-                        line=line,
-                        state="failed",
-                        tag=tag,
-                        task_id=t.id,
-                        status_code=code,
-                        status_message=msg,
-                        cost=task_cost,
-                    )
-            elif env.tasks is None:
-                # The whole call was refused with a code of its own: nothing created.
-                r = Receipt(
-                    line=line,
-                    state="failed",
-                    tag=tag,
-                    status_code=env.status_code,
-                    status_message=env.status_message,
-                )
-            else:
-                r = Receipt(
-                    line=line,
-                    state="unknown",
-                    tag=tag,
-                    reason="the service answered fewer tasks than were sent",
-                )
-            receipts.append(r)
-            all_created = False
+        receipts, all_created, cost = post_receipts(batch.lines, batch.tags, env)
         self.stats.cost_usd += env.cost if env.cost is not None else cost
         writer.record(
             batch_id, ("done", reply.http_status, env.status_code, attempt, None), batch, receipts
         )
         await self._emit(receipts, "created" if all_created else None)
-
-
-def _field_of(message: str) -> str | None:
-    # The service names the field as "Invalid Field: 'name'."
-    start = message.find("'")
-    end = message.find("'", start + 1)
-    return message[start + 1 : end] if 0 <= start < end else None
 
 
 _PYTHON_MODEL_HINT: Final = "is required (set model_name in the task or give default_model)"

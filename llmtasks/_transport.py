@@ -11,6 +11,7 @@ import base64
 import datetime
 import email.utils
 import ipaddress
+from collections.abc import Callable, Iterable
 from typing import Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -181,6 +182,33 @@ class Transport:
             return Reply("unknown", None, None, "no reply before the timeout")
         except aiohttp.ClientError as exc:
             return Reply("unknown", None, None, f"connection lost: {_describe(exc)}")
+
+
+class MemoryTransport:
+    """A transport without a network, for unit tests: each call gets the next of
+    ``replies`` (or ``answer(method, path, body)``'s reply); ``requests`` records them."""
+
+    def __init__(
+        self,
+        replies: Iterable[Reply] | Callable[[str, str, bytes | None], Reply],
+    ) -> None:
+        self._answer = replies if callable(replies) else None
+        self._replies = iter(()) if callable(replies) else iter(replies)
+        self.requests: list[tuple[str, str, bytes | None]] = []
+
+    async def get(self, path: str) -> Reply:
+        return self._reply("GET", path, None)
+
+    async def post(self, path: str, body: bytes) -> Reply:
+        return self._reply("POST", path, body)
+
+    def _reply(self, method: str, path: str, body: bytes | None) -> Reply:
+        self.requests.append((method, path, body))
+        if self._answer is not None:
+            return self._answer(method, path, body)
+        reply = next(self._replies, None)
+        assert reply is not None, f"no reply left for {method} {path}"
+        return reply
 
 
 def parse_http_date(value: str | None) -> float | None:

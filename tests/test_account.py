@@ -8,7 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from llmtasks._account import AccountUnavailable, parse_user_data
+from llmtasks._account import USER_DATA_PATH, AccountUnavailable, parse_user_data, read_account
+from llmtasks._errors import AuthError, ServiceError
+from llmtasks._throttle import RetryPolicy
+from llmtasks._transport import MemoryTransport, Reply, classify
 from tests.conftest import run_cli, write_prompts
 
 
@@ -66,6 +69,41 @@ def test_no_limit_at_all_and_unreadable_answers() -> None:
         parse_user_data(b"<html>")
     with pytest.raises(AccountUnavailable):
         parse_user_data(orjson.dumps({"status_code": 20000, "tasks": []}))
+
+
+class _NoWait(RetryPolicy):
+    def delay_s(self, attempt: int) -> float:
+        return 0.0
+
+
+LOST = Reply("unknown", None, None, "connection lost")
+
+
+async def test_user_data_is_asked_three_times_then_unavailable() -> None:
+    t = MemoryTransport([LOST, Reply("retry", 429, None, "HTTP 429"), LOST, LOST])
+    with pytest.raises(AccountUnavailable, match=r"^cannot read account data: connection lost$"):
+        await read_account(t, _NoWait())
+    assert t.requests == [("GET", USER_DATA_PATH, None)] * 3
+
+
+async def test_user_data_after_a_lost_reply_is_read() -> None:
+    t = MemoryTransport([LOST, classify(200, _user_data(NESTED))])
+    account = await read_account(t, _NoWait())
+    assert account.balance_usd == 12.5 and len(t.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "words"),
+    [
+        (Reply("auth", 401, 40100, "no"), AuthError, r"refused the credentials \(status 40100"),
+        (Reply("fatal", 404, 40400, "gone"), ServiceError, r"^cannot read account data: gone"),
+    ],
+)
+async def test_refused_user_data_is_asked_once(reply: Reply, error: type, words: str) -> None:
+    t = MemoryTransport([reply, LOST])
+    with pytest.raises(error, match=words):
+        await read_account(t, _NoWait())
+    assert len(t.requests) == 1
 
 
 def _posts(emu: Any) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ the same through subprocesses; these drive ``Ledger`` and ``LedgerWriter`` the w
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
@@ -952,7 +953,9 @@ def test_status_reads(tmp_path: Path) -> None:
         )
         assert ledger.status_code_counts() == {20100: 2, 40501: 1}
         assert ledger.created_totals() == (0.75, 0)
-        assert ledger.retries() == 2  # 3 attempts: 2 retries; 0 attempts counts as 1
+        # A row is one POST: the row of a call's third attempt is one retry (its first two
+        # attempts are rows of their own); a row of attempt 0 or 1 is none.
+        assert ledger.retries() == 1
         summary = ledger.batch_summary()
         assert summary.calls == 3 and summary.sending == 1
         times = ledger.call_times()
@@ -1172,3 +1175,34 @@ def test_closing_twice_is_harmless_and_lets_the_next_run_lock(tmp_path: Path) ->
     ledger.close()  # the first one, closed a third time: the next run's lock stays
     assert Path(f"{path}.lock").exists()
     nxt.close()
+
+
+async def test_a_write_ahead_never_holds_the_loop_while_the_file_is_locked(
+    tmp_path: Path,
+) -> None:
+    """The write-ahead's quick path inserts on the event loop's thread: when another
+    connection holds the file's write lock it must give up at once (busy timeout 0) and hand
+    the row to the writer thread, never wait on the loop (every sender would stall)."""
+    path = tmp_path / "run.sqlite"
+    ledger = Ledger.open(path)
+    ledger.lock()
+    session = ledger.begin_session()
+    writer = ledger.writer()
+    writer.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another writer would hold it
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = asyncio.ensure_future(writer.mark_sending(session, _batch([1], ["t1"])))
+        await asyncio.sleep(0.01)
+        assert loop.time() - started < 0.5  # the loop ran on: the insert did not wait
+        assert not pending.done()
+        other.execute("COMMIT")
+        batch_id = await asyncio.wait_for(pending, 30)
+        await writer.flush()
+        assert batch_id >= 1 and ledger.batches_sending() == 1
+    finally:
+        other.close()
+        await writer.close()
+        ledger.close()

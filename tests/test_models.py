@@ -8,8 +8,17 @@ from typing import Any
 import orjson
 import pytest
 
-from llmtasks._models import ModelCatalog, ModelInfo, base_name, load_models, model_warning
-from llmtasks._transport import Transport
+from llmtasks._errors import ServiceError
+from llmtasks._models import (
+    ModelCatalog,
+    ModelInfo,
+    base_name,
+    fetch_models,
+    load_models,
+    model_warning,
+)
+from llmtasks._throttle import RetryPolicy
+from llmtasks._transport import MemoryTransport, Reply, Transport, classify
 from llmtasks.emulator import CATALOGUE, Emulator
 from tests.conftest import run_cli
 
@@ -142,3 +151,47 @@ def test_a_run_says_when_it_checked_against_the_built_in_table(
     src.write_bytes(b'{"user_prompt": "q", "model_name": "gpt-4.1"}\n')
     r = run_cli("submit", str(src), "--base-url", emu.url, "--no-preflight", "--max-attempts", "1")
     assert "models checked against the built-in chat_gpt table" in r.stderr, r.stderr
+
+
+async def test_models_call_is_retried_in_a_slot_that_hears_each_reply() -> None:
+    """The models GET goes through the one retry loop: a lost reply and a 40202 are asked
+    again (at most three attempts in all), each attempt in a throttle slot whose throttle
+    is told what came back; then the built-in table stands in."""
+    from tests.test_client import Recorder
+
+    emu_list = orjson.dumps(
+        {
+            "status_code": 20000,
+            "tasks": [
+                {
+                    "status_code": 20000,
+                    "status_message": "Ok.",
+                    "result": [
+                        {
+                            "model_name": "claude-x-1",
+                            "reasoning": False,
+                            "web_search_supported": True,
+                            "task_post_supported": True,
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    lost = Reply("unknown", None, None, "connection lost")
+    limited = Reply("retry", 200, 40202, "Rate-limit exceeded.")
+    quick = RetryPolicy(backoff_s=0.001, max_backoff_s=0.001)
+    throttle = Recorder()
+    transport = MemoryTransport([lost, limited, classify(200, emu_list)])
+    models = await fetch_models(transport, "claude", throttle=throttle, policy=quick)
+    assert [m.model_name for m in models] == ["claude-x-1"]
+    assert [r.kind for r, _ in throttle.told] == ["unknown", "retry", "ok"]
+    assert len(transport.requests) == 3
+    assert {(m, p) for m, p, _ in transport.requests} == {
+        ("GET", "/v3/ai_optimization/claude/llm_responses/models")
+    }
+    # Three failures: no fourth call, and the error names the engine and the last reply.
+    failing = MemoryTransport([lost, lost, limited, lost])
+    with pytest.raises(ServiceError, match="models for gemini: Rate-limit exceeded"):
+        await fetch_models(failing, "gemini", policy=quick)
+    assert len(failing.requests) == 3

@@ -554,3 +554,23 @@ def test_gate_waiter_cancelled_raises_cancelled_whether_or_not_a_release_came_fi
             assert gate.in_use == 1
 
     run(main)
+
+
+def test_limiter_refuses_a_burst_that_is_not_a_whole_number() -> None:
+    # bool is an int subclass: True would pass for a burst of 1 without its own check.
+    for burst in (True, 2.0, 2.5):
+        with pytest.raises(ValueError, match=r"burst must be an integer from 1 to rate - 1 \(9\)"):
+            RateLimiter(rate=10, period_s=60, burst=burst)  # type: ignore[arg-type]
+
+
+def test_after_a_full_burst_the_next_waits_only_for_one_token_to_drain() -> None:
+    # 7 tokens a second drain from a bucket of 3: the fourth call waits until the level is
+    # back at burst - 1 (1/7 s), not until the bucket is empty.
+    limiter = RateLimiter(rate=10, period_s=1.0, margin_s=0.0, burst=3)
+
+    async def main() -> list[float]:
+        return [await limiter.acquire() for _ in range(6)]
+
+    times = run(main)
+    assert times[:3] == [0.0, 0.0, 0.0]
+    assert times[3:] == pytest.approx([1 / 7, 2 / 7, 3 / 7])

@@ -581,6 +581,15 @@ class Waits(RetryPolicy):
         return 0.0
 
 
+def test_reconcile_waits_one_second_doubling_to_thirty() -> None:
+    import llmtasks._reconcile as rec
+
+    for attempt, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (9, 30.0)]:
+        for _ in range(20):
+            assert cap / 2 <= rec._BACKOFF.delay_s(attempt) <= cap
+    assert rec._BACKOFF.max_attempts == 6
+
+
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
     import llmtasks._reconcile as rec
@@ -626,7 +635,7 @@ async def test_a_failed_id_list_is_asked_again(
     report = await _run_hooked(path, t)
     assert report.found == 2 and t.counts[ID_LIST_PATH] == 2
     assert report.calls == 3  # the clock, then id_list twice
-    assert waits.asked == [2]  # the backoff of a second attempt
+    assert waits.asked == [1]  # the backoff after a first attempt
     (failed,) = [m for m in caplog.messages if "id_list failed" in m]
     assert re.fullmatch(r"id_list failed \(HTTP 500[^)]*\), attempt 1", failed), failed
 
@@ -653,7 +662,8 @@ async def test_an_id_list_the_service_refuses_as_a_task_is_asked_again_then_give
     message = str(info.value)
     assert message.startswith("id_list kept failing (40")
     assert message.endswith("); nothing was changed, try again later")
-    assert t.counts[ID_LIST_PATH] == 6 and waits.asked == [2, 3, 4, 5, 6, 7]
+    # No wait after the last attempt: the error comes at once.
+    assert t.counts[ID_LIST_PATH] == 6 and waits.asked == [1, 2, 3, 4, 5]
     assert _states(path)[1].state == "unknown"
 
 
@@ -777,7 +787,7 @@ async def test_the_clock_is_asked_again_when_a_reply_has_no_date(
         before = datetime.now(UTC).timestamp()
         now, source = await service_clock(t, 300.0)
         after = datetime.now(UTC).timestamp()
-    assert t.counts["/v3/appendix/user_data"] == 3 and waits.asked == [2, 3]
+    assert t.counts["/v3/appendix/user_data"] == 3 and waits.asked == [1, 2]
     assert before - 300.0 <= now <= after - 300.0
     assert source == "the local clock less 300 s"
     assert caplog.messages == [
@@ -788,7 +798,7 @@ async def test_the_clock_is_asked_again_when_a_reply_has_no_date(
     t = _hooked(emu, lambda call, n: emu.reconfigure(drop_rate=0.0))
     async with t:
         now, source = await service_clock(t, 300.0)
-    assert source == "the service's Date header" and waits.asked == [2]
+    assert source == "the service's Date header" and waits.asked == [1]
     assert t.counts["/v3/appendix/user_data"] == 2
     assert abs(now - emu.now_unix) < 2
 
@@ -940,7 +950,7 @@ async def test_an_id_list_answer_without_its_task_is_asked_again_then_given_up(
     assert str(info.value) == (
         "id_list kept failing (no task); nothing was changed, try again later"
     )
-    assert len(waits.asked) == 6
+    assert len(waits.asked) == 5
 
 
 async def test_malformed_tasks_ready_items_are_skipped(emu: Emulator, tmp_path: Path) -> None:
