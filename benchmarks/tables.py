@@ -257,10 +257,12 @@ def t_latency(res: Path) -> str:
             "bound by",
             "40202 / 40209",
             "client CPU",
+            "raw aiohttp, same case",
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["cases"]:
+        raw = x.get("raw_aiohttp_of_best_possible")
         out.append(
             _row(
                 _n(x["limit_per_min"]),
@@ -271,6 +273,7 @@ def t_latency(res: Path) -> str:
                 x["bound_by"],
                 f"{x['status_40202']} / {x['status_40209']}",
                 f"{x['client_cpu_share'] * 100:.0f}%",
+                "" if raw is None else _pct(raw),
             )
         )
     return (
