@@ -700,6 +700,29 @@ async def test_a_failed_tasks_ready_is_asked_again(
     assert report.calls == 4  # the clock and three tasks_ready
 
 
+async def test_tasks_ready_refusing_the_credentials_after_a_success_is_not_asked_again(
+    emu: Emulator, tmp_path: Path, waits: Waits, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a call the account answered, the retry policy asks a 401 again (a glitch);
+    tasks_ready overrides it: refused credentials are never asked again there."""
+    caplog.set_level(logging.INFO, logger="llmtasks")
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+    async with Emulator(EmulatorConfig(id_list_rate=None, tasks_ready_rate=None)) as empty:
+
+        def refuse(call: str, n: int) -> None:
+            if call == ID_LIST_PATH:  # answered (nothing listed) by the same client
+                empty.reconfigure(spurious_401_rate=1.0)
+
+        t = _hooked(empty, refuse)
+        report = await _run_hooked(path, t)
+    assert t.counts[ID_LIST_PATH] == 1 and t.counts[TASKS_READY] == 1
+    assert waits.asked == [] and report.calls == 3  # the clock, id_list, tasks_ready once
+    (gave_up,) = [m for m in caplog.messages if "tasks_ready" in m]
+    assert gave_up.startswith("tasks_ready not available for reconcile (")
+    assert (report.found, report.not_found) == (0, 2)
+
+
 async def test_a_tasks_ready_that_keeps_failing_leaves_the_lines_as_they_were(
     emu: Emulator, tmp_path: Path, waits: Waits, caplog: pytest.LogCaptureFixture
 ) -> None:
