@@ -178,6 +178,27 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=301)",
         )
     },
+    **{
+        ("llmtasks._transport.xǁTransportǁ_call", line): (
+            "HTTP header names are case-insensitive (RFC 9110); aiohttp's response headers "
+            "are a case-insensitive dict: the same Date header"
+        )
+        for line in (
+            'when = parse_http_date(resp.headers.get("date"))',
+            'when = parse_http_date(resp.headers.get("DATE"))',
+        )
+    },
+    (
+        "llmtasks._transport.xǁTransportǁ_call",
+        "return reply if (when is None) and False else reply._replace(server_time=when)",
+    ): (
+        "without a readable Date the reply is rebuilt with server_time=None, the value it "
+        "already has: the same reply"
+    ),
+    (
+        "llmtasks._replies.x__field_of",
+        "return message[start + 1 : end] if 0 <= start <= end else None",
+    ): ("end is found after start (find from start + 1) or is -1: start == end cannot happen"),
     ("llmtasks._transport.xǁTransportǁ__aenter__", "raise_for_status=None,"): (
         "None is aiohttp's 'no callback', the same as False: statuses are read, not raised"
     ),

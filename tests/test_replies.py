@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from llmtasks._receipt import Receipt
-from llmtasks._replies import post_receipts
+from llmtasks._replies import _field_of, post_receipts
 from llmtasks._transport import Envelope
 
 LINES = [4, 7, 9]
@@ -138,3 +138,10 @@ def test_a_call_refused_as_a_whole_fails_every_line_with_its_code() -> None:
 def test_an_empty_task_list_is_not_a_refusal() -> None:
     receipts, _, _ = post_receipts([1], ["a"], env([]))
     assert receipts[0].state == "unknown"
+
+
+def test_the_field_is_the_first_quoted_name_of_the_message() -> None:
+    assert _field_of("Invalid Field: 'tag'. Use 'user_prompt' instead.") == "tag"
+    assert _field_of("Invalid Field: 'model_name'.") == "model_name"
+    assert _field_of("one 'quote only") is None
+    assert _field_of("no quote") is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from llmtasks._transport import (
     classify,
     describe_code,
     is_loopback,
+    parse_http_date,
     stop_error,
 )
 
@@ -404,3 +407,61 @@ async def test_the_memory_transport_can_answer_by_request() -> None:
     assert (await memory.post("/p", b"x")).message == "POST /p"
     assert (await memory.get("/g")).message == "GET /g"
     assert seen == memory.requests == [("POST", "/p", b"x"), ("GET", "/g", None)]
+
+
+# --- the service's clock: its Date header ------------------------------------------------------
+
+# 2026-12-01 02:00:00 UTC
+TWO_AM_UTC = 1796090400.0
+
+
+@pytest.fixture
+def new_york() -> Iterator[None]:
+    """This machine's local time is not UTC (a naive datetime would be read as New York's)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        yield
+    finally:
+        mp.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Tue, 01 Dec 2026 02:00:00 GMT",
+        "Tue, 01 Dec 2026 04:00:00 +0200",
+        "Mon, 30 Nov 2026 21:00:00 -0500",
+        # RFC 5322's "-0000": UTC, with no zone of its own (naive); never local time.
+        "Tue, 01 Dec 2026 02:00:00 -0000",
+    ],
+)
+def test_a_date_header_is_read_as_the_instant_it_names(value: str, new_york: None) -> None:
+    assert time.localtime(TWO_AM_UTC).tm_hour != 2  # the fixture took effect
+    assert parse_http_date(value) == TWO_AM_UTC
+
+
+@pytest.mark.parametrize("value", [None, "", "yesterday", "Tue, 99 Foo 2026"])
+def test_no_date_or_an_unreadable_one_is_no_clock(value: str | None) -> None:
+    assert parse_http_date(value) is None
+
+
+async def test_a_reply_carries_the_services_clock_from_its_date_header() -> None:
+    dates = ["Tue, 01 Dec 2026 04:00:00 +0200", "not a date"]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=_envelope(20000), content_type="application/json", headers={"Date": dates.pop(0)}
+        )
+
+    runner, url = await _serve(handler)
+    try:
+        async with Transport(base_url=url, login="a", password="b", allow_insecure=True) as t:
+            dated = await t.get("/v3/y")
+            undated = await t.get("/v3/y")
+    finally:
+        await runner.cleanup()
+    assert dated.kind == "ok" and dated.server_time == TWO_AM_UTC
+    assert undated.kind == "ok" and undated.server_time is None
