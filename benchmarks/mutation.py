@@ -549,8 +549,23 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             ("_produce", "assert ledger is not None or writer is not None"),
             ("_record_ok", "assert writer is not None or env is not None"),
             ("_send", "assert writer is not None or ledger is not None"),
+            ("_send_loop", "assert writer is not None or ledger is not None"),
         )
     },
+    (
+        "llmtasks._submit.xǁSubmitterǁ_leave_pending",
+        'end = () if (batch_id is None) and False else ("not_created", None, None, 0, reason)',
+    ): (
+        "with batch_id None (no write-ahead was made) the writer reads no end: it records "
+        "an end only for a batch row"
+    ),
+    (
+        "llmtasks._submit.xǁSubmitterǁ_send_loop",
+        "await writer.prepare(ledger.session_id or 1, batch)",
+    ): (
+        "a session's id is SQLite's rowid, from 1: it is never 0 or None once the ledger is "
+        "open (__aenter__), so the fallback is never taken"
+    ),
     **{
         (f"llmtasks._submit.xǁSubmitterǁ{function}", line): (
             "a batch's lines and tags are appended together (Batch.cut, _produce): the two "
@@ -751,7 +766,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
 }
 
 # What counts as a detected mutant: the tests failed, or hung until mutmut's timeout.
-DETECTED = {"killed", "timeout"}
+# A mutant that crashes the test process (mutmut's "segfault") made the tests fail.
+DETECTED = {"killed", "timeout", "segfault"}
 
 
 def sql_case_only(name: str, diff: str) -> str | None:
@@ -1047,10 +1063,9 @@ def render() -> str:
             hung = [f"`{t['name'].rsplit('.', 1)[1]}` (`{t['line']}`)" for t in r["timeouts"]]
             details += [
                 "",
-                "Timed out (counted as detected: the mutant made a test hang, or the machine"
-                " was too loaded to finish in time; rerun on an idle machine to tell): "
-                + ", ".join(hung)
-                + ".",
+                "Timed out or crashed the test process (counted as detected: the mutant made"
+                " a test hang or crash, or the machine was too loaded to finish in time; rerun"
+                " on an idle machine to tell): " + ", ".join(hung) + ".",
             ]
         if not survivors:
             details += ["", "No survivor."]

@@ -1243,9 +1243,13 @@ async def test_the_models_list_takes_a_rate_slot_and_is_cached_where_asked(
             assert (await s.load_models()).source == "service"
         assert list(own.iterdir())
         before = sorted(p.name for p in (xdg / "llmtasks").iterdir())
+        cwd = tmp_path / "cwd"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
         async with submitter(proxy.base_url, models_cache_dir="") as s:  # no cache at all
             assert (await s.load_models()).source == "service"
         assert sorted(p.name for p in (xdg / "llmtasks").iterdir()) == before
+        assert list(cwd.iterdir()) == []  # "" is no cache, not the working directory
 
 
 async def test_a_task_without_a_model_is_told_how_to_give_one() -> None:
@@ -1569,3 +1573,143 @@ async def test_a_ledger_that_cannot_be_written_at_the_end_fails_the_run(
         with pytest.raises(LedgerWriteError, match="disk full"):
             await run(s, tasks(1))
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize(("concurrency", "ahead"), [(1, 2), (4, 2), (5, 2), (7, 3), (30, 15)])
+async def test_half_the_concurrency_is_written_ahead_and_never_fewer_than_two(
+    monkeypatch: pytest.MonkeyPatch, concurrency: int, ahead: int
+) -> None:
+    asked: list[int] = []
+    start = LedgerWriter.start
+
+    def recording(self: LedgerWriter, *, ahead: int = 4) -> None:
+        asked.append(ahead)
+        start(self, ahead=ahead)
+
+    monkeypatch.setattr(LedgerWriter, "start", recording)
+    async with Emulator() as emu, submitter(emu.base_url, concurrency=concurrency):
+        pass
+    assert asked == [ahead]
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(2000, 10), (500, 5), (150, 2), (3, 2), (2, 1)])
+def test_the_bucket_holds_one_percent_of_the_rate_from_two_to_ten_tokens(
+    rate: int, burst: int
+) -> None:
+    assert submitter("http://127.0.0.1:9", rate=rate).limiter.burst == burst
+
+
+def _batch_rows(path: Path) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(
+            "SELECT session_id, state, http_status, status_code, attempts, note FROM batches "
+            "ORDER BY batch_id"
+        ).fetchall()
+
+
+async def test_a_batch_written_ahead_then_stopped_by_the_cost_cap_is_closed_as_nothing_created(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.sqlite"
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(
+            proxy.base_url,
+            batch_size=10,
+            concurrency=1,
+            max_cost_usd=10 * COST,
+            max_task_cost_usd=COST,
+            ledger=str(path),
+        ) as s,
+    ):
+        await run_until(s, tasks(30), FundsError)
+        session = s.ledger.session_id if s.ledger is not None else None
+    assert len(proxy.posts) == 1
+    rows = _batch_rows(path)
+    # The first batch was sent; those written ahead meanwhile (two at most) were refused at
+    # their slot and closed; later ones were never written ahead (the run had stopped).
+    assert rows[0][1] == "done" and 1 <= len(rows[1:]) <= 2
+    assert {r[0] for r in rows} == {session} and session
+    assert rows[1][1:] == ("not_created", None, None, 0, "not sent: --max-cost-usd reached")
+    for row in rows[2:]:
+        assert row[1:] == ("not_created", None, None, 0, "not sent: the run stopped")
+
+
+def _disk_full_at(
+    monkeypatch: pytest.MonkeyPatch, fails: Callable[[Any], bool], *, after_s: float = 0.0
+) -> None:
+    """``LedgerWriter.prepare`` fails for the batches ``fails`` names: at once (before any
+    other sender runs), or ``after_s`` later."""
+    prepare = LedgerWriter.prepare
+
+    async def failing(self: LedgerWriter, session_id: int, batch: Any) -> None:
+        if fails(batch):
+            if after_s:
+                await asyncio.sleep(after_s)
+            raise LedgerWriteError("cannot write the ledger: disk full")
+        await prepare(self, session_id, batch)
+
+    monkeypatch.setattr(LedgerWriter, "prepare", failing)
+
+
+async def test_a_write_ahead_that_fails_stops_the_run_and_leaves_the_rest_pending(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _disk_full_at(monkeypatch, lambda batch: 5 in batch.lines)  # the third batch
+    path = tmp_path / "run.sqlite"
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, batch_size=2, concurrency=1, ledger=str(path)) as s,
+    ):
+        got, exc = await run_until(s, tasks(8), LedgerWriteError)
+    assert str(exc) == "cannot write the ledger: disk full"
+    lines = by_line(got)
+    assert sorted(lines) == list(range(1, 9))
+    assert [lines[n].state for n in (1, 2)] == ["created", "created"]
+    # The second batch's sender may have posted it before the failure, or not.
+    assert len(emu.created) == len(proxy.posts) * 2 in (2, 4)
+    for n in (5, 6):
+        assert lines[n].state == "pending"
+        assert lines[n].reason == "not sent: the ledger cannot be written"
+    for n in (7, 8):  # taken after the failure: never written ahead
+        assert (lines[n].state, lines[n].reason) == ("pending", "not sent: the run stopped")
+    assert Counter(r.state for r in got)["created"] == len(emu.created)
+
+
+@pytest.mark.timeout(30)  # a run left waiting on its queue fails instead of hanging
+async def test_when_every_write_ahead_fails_nothing_is_sent_and_every_line_is_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both senders fail at once: the rest of the queue must still be read (and recorded),
+    # or the reader feeding it would wait forever.
+    _disk_full_at(monkeypatch, lambda batch: True, after_s=0.01)
+    async with (
+        Emulator() as emu,
+        Proxy(emu) as proxy,
+        submitter(proxy.base_url, batch_size=2, concurrency=1) as s,
+    ):
+        got, exc = await run_until(s, tasks(40), LedgerWriteError)
+    assert str(exc) == "cannot write the ledger: disk full"
+    assert proxy.posts == [] and emu.created == []
+    lines = by_line(got)
+    assert sorted(lines) == list(range(1, 41)) and {r.state for r in got} == {"pending"}
+    failed = [n for n, r in lines.items() if r.reason == "not sent: the ledger cannot be written"]
+    assert failed == [1, 2, 3, 4]  # the two batches the two senders took
+    assert all(lines[n].reason == "not sent: the run stopped" for n in range(5, 41))
+
+
+async def test_leaving_the_loop_while_a_slow_call_is_in_flight_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.sqlite"
+    async with Emulator(EmulatorConfig(latency_ms=400)) as emu, Proxy(emu) as proxy:
+        async with submitter(proxy.base_url, batch_size=2, concurrency=2, ledger=str(path)) as s:
+            async for _ in s.submit(tasks(40)):
+                break  # the other call is still in flight, for about 0.4 s
+        created = len(emu.created)
+    assert 2 < created < 40
+    got = ledger_receipts(path)
+    assert Counter(r.state for r in got.values())["created"] == created
+    assert not [r for r in _batch_rows(path) if r[1] == "sending"]
