@@ -358,6 +358,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             'if f"/{engine}/" not in str(item.get("url", None)):',
         )
     },
+    **{
+        ("llmtasks._reconcile.x__tasks_ready", line): (
+            "AccountClient.call POSTs only a request whose method is 'POST' and GETs any "
+            "other: the same GET"
+        )
+        for line in ("None,", '"XXGETXX",', '"get",')
+    },
     ("llmtasks._reconcile.x__tasks_ready", "for attempt in range(1, retry.max_attempts + 2):"): (
         "the loop ends at max_attempts all the same: the last attempt is never retried"
     ),

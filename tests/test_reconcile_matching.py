@@ -667,16 +667,46 @@ async def test_an_id_list_the_service_refuses_as_a_task_is_asked_again_then_give
     assert _states(path)[1].state == "unknown"
 
 
-async def test_credentials_refused_at_id_list_stop_reconcile(emu: Emulator, tmp_path: Path) -> None:
+async def test_credentials_refused_at_id_list_stop_reconcile(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
     path = tmp_path / "run.sqlite"
     await _lost_replies(emu, path, ["a"])
 
     def refuse(call: str, n: int) -> None:
         emu.reconfigure(spurious_401_rate=1.0)  # every call after the clock's
 
+    t = _hooked(emu, refuse)
     with pytest.raises(AuthError, match=r"^the service refused the credentials \(.+\)$"):
-        await _run_hooked(path, _hooked(emu, refuse))
+        await _run_hooked(path, t)
+    # Asked once: id_list asks everything else again, never refused credentials.
+    assert t.counts[ID_LIST_PATH] == 1 and waits.asked == []
     assert _states(path)[1].state == "unknown"
+
+
+async def test_an_id_list_listing_that_came_with_a_refusal_is_not_read(
+    emu: Emulator, tmp_path: Path, waits: Waits
+) -> None:
+    """A listing is read only from an answer: the same body with HTTP 429 (a refusal, by
+    its status) is asked again, not taken as the list."""
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a", "b"])
+
+    class Refused(Hooked):
+        async def post(self, path: str, body: bytes) -> Reply:
+            reply = await super().post(path, body)
+            if path == ID_LIST_PATH and self.counts[path] == 1:
+                assert reply.kind == "ok"  # the real listing, given a refusal's status
+                return reply._replace(kind="retry", http_status=429)
+            return reply
+
+    t = Refused(
+        base_url=emu.base_url, login=DEFAULT_LOGIN, password=DEFAULT_PASSWORD, allow_insecure=True
+    )
+    t.after, t.counts, t.sent = None, Counter(), []
+    report = await _run_hooked(path, t)
+    assert t.counts[ID_LIST_PATH] == 2 and waits.asked == [1]
+    assert report.found == 2
 
 
 async def test_a_failed_tasks_ready_is_asked_again(
