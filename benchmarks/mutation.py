@@ -365,6 +365,35 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for line in ("None,", '"XXGETXX",', '"get",')
     },
+    **{
+        ("llmtasks._reconcile.x__page", line): (
+            "idempotent only changes the retry policy's default answer, and id_list's again() "
+            "ignores that default: it decides every reply itself"
+        )
+        for line in (
+            'Request("id_list", "POST", ID_LIST_PATH, body, idempotent=None),',
+            'Request("id_list", "POST", ID_LIST_PATH, body, ),',
+            'Request("id_list", "POST", ID_LIST_PATH, body, idempotent=False),',
+        )
+    },
+    **{
+        ("llmtasks._reconcile.x_service_clock", line): (
+            "the clock's call is made by a client of its own with no throttle, so its "
+            "function names none; any method but 'POST' is a GET; and its again() ignores "
+            "the policy's default, the only thing idempotent changes"
+        )
+        for line in (
+            'Request(None, "GET", CLOCK_PATH, idempotent=True),',
+            'Request("XXotherXX", "GET", CLOCK_PATH, idempotent=True),',
+            'Request("OTHER", "GET", CLOCK_PATH, idempotent=True),',
+            'Request("other", None, CLOCK_PATH, idempotent=True),',
+            'Request("other", "XXGETXX", CLOCK_PATH, idempotent=True),',
+            'Request("other", "get", CLOCK_PATH, idempotent=True),',
+            'Request("other", "GET", CLOCK_PATH, idempotent=None),',
+            'Request("other", "GET", CLOCK_PATH, ),',
+            'Request("other", "GET", CLOCK_PATH, idempotent=False),',
+        )
+    },
     ("llmtasks._reconcile.x__tasks_ready", "for attempt in range(1, retry.max_attempts + 2):"): (
         "the loop ends at max_attempts all the same: the last attempt is never retried"
     ),

@@ -527,6 +527,13 @@ async def test_without_a_date_header_the_clock_is_ours_less_the_skew(emu: Emulat
     async with _transport(emu, password="wrong") as t:
         with pytest.raises(AuthError):
             await service_clock(t, 120.0)
+    calls = len(emu.calls)
+    async with NoDate(
+        base_url=emu.base_url, login=DEFAULT_LOGIN, password="wrong", allow_insecure=True
+    ) as t:
+        with pytest.raises(AuthError):
+            await service_clock(t, 120.0)
+    assert len(emu.calls) == calls + 1  # refused credentials, Date or not: asked once
 
 
 # --- when the service fails part of the way ------------------------------------------------
