@@ -18,61 +18,13 @@ from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._throttle import RetryPolicy
 from llmtasks._transport import describe_code
+from llmtasks._wire import AiOptimizationLimits, MinuteLimits, decode_user_data
 
 USER_DATA_PATH: Final = "/v3/appendix/user_data"
 #: The documented task_post limit, used when the account cannot be read.
 DOCUMENTED_CALLS_PER_MINUTE: Final = 2000
 
 Function = Literal["task_post", "task_get", "tasks_ready", "models", "live"]
-
-
-class LlmResponsesLimits(msgspec.Struct, frozen=True):
-    live: float | None = None
-    task_post: float | None = None
-    tasks_ready: float | None = None
-    task_get: float | None = None
-    models: float | None = None
-
-
-class AiOptimizationLimits(msgspec.Struct, frozen=True):
-    llm_responses: LlmResponsesLimits | None = None
-
-
-class MinuteLimits(msgspec.Struct, frozen=True):
-    total: float | None = None
-    total_ai_optimization: float | None = None
-    # A number on older accounts (and older emulators), the nested object today.
-    ai_optimization: AiOptimizationLimits | float | None = None
-
-
-class _Limits(msgspec.Struct, frozen=True):
-    minute: MinuteLimits | None = None
-
-
-class _Rates(msgspec.Struct, frozen=True):
-    limits: _Limits | None = None
-
-
-class _Money(msgspec.Struct, frozen=True):
-    balance: float | None = None
-
-
-class _UserData(msgspec.Struct, frozen=True):
-    money: _Money | None = None
-    rates: _Rates | None = None
-
-
-class _UserDataTask(msgspec.Struct, frozen=True):
-    status_code: int = 0
-    status_message: str = ""
-    result: list[_UserData] | None = None
-
-
-class _UserDataEnvelope(msgspec.Struct, frozen=True):
-    tasks: list[_UserDataTask] | None = None
-
-
-_decode: Final = msgspec.json.Decoder(_UserDataEnvelope).decode
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -110,7 +62,7 @@ class AccountUnavailable(ServiceError):
 def parse_user_data(body: bytes) -> Account:
     """Decode a user_data reply. Raises ``AccountUnavailable`` when it says nothing usable."""
     try:
-        env = _decode(body)
+        env = decode_user_data(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise AccountUnavailable(f"cannot read account data: unexpected answer ({exc})") from None
     task = env.tasks[0] if env.tasks else None

@@ -169,7 +169,8 @@ async def _collect(args: argparse.Namespace, login: str, password: str) -> int:
 async def _collect_engine(
     args: argparse.Namespace, login: str, password: str, engine: str | None
 ) -> int:
-    from llmtasks._collect import Collector, default_out
+    from llmtasks._collect import Collector
+    from llmtasks._results_file import default_out
 
     out = args.out or default_out(args.ledger)
     collector = Collector(

@@ -114,8 +114,8 @@ async def _receive(args: argparse.Namespace, login: str, password: str) -> int:
 
 
 async def _receive_with(args: argparse.Namespace, login: str, password: str, throttle: Any) -> int:
-    from llmtasks._collect import default_out
     from llmtasks._receiver import Receiver, secret_from_env, serve_until
+    from llmtasks._results_file import default_out
 
     out = args.out or default_out(args.ledger)
     secret = secret_from_env()

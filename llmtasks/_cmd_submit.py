@@ -33,6 +33,7 @@ from llmtasks._fanout import submit_fanout
 from llmtasks._submit_run import (
     count_lines,
     on_signal,
+    quick_switching,
     silent,
     submit_summary,
     submitter_from_args,
@@ -247,7 +248,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return dry_run(args)
     credentials = ("", "") if args.emulate else read_credentials(args)
     check_input(args.input)
-    return asyncio.run(_submit(args, credentials))
+    with quick_switching():
+        return asyncio.run(_submit(args, credentials))
 
 
 @contextlib.asynccontextmanager

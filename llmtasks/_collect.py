@@ -19,28 +19,27 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
-import orjson
 
 from llmtasks._client import AccountClient, Request
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
+from llmtasks._results_file import Result, ResultWriter, Via, result_row, to_result
 from llmtasks._task import ENGINES
 from llmtasks._throttle import (
-    LocalThrottle,
     RetryPolicy,
     Throttle,
-    default_burst,
     default_concurrency,
+    local_throttle,
 )
 from llmtasks._transport import DEFAULT_BASE_URL, Reply, Transport, stop_error
+from llmtasks._wire import GotTask, decode_got, ready_items
 from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
@@ -54,9 +53,6 @@ TRANSIENT_TASK_CODES: Final = frozenset({40202, 40209})
 #: task_get: the task is not there (40401) or its result expired after 30 days (40403).
 #: Final: asking again cannot help, so they are recorded as such and never retried.
 GONE_CODES: Final = frozenset({40401, 40403})
-#: Why a task that failed on the service costs nothing (documented: a task unfinished after
-#: 72 hours fails, and a failed task's prepayment is refunded).
-REFUND_NOTE: Final = "failed on the service: its prepayment is refunded"
 #: tasks_ready lists tasks of the last 3 days: older ones can only be fetched by id.
 READY_HORIZON_S: Final = 3 * 24 * 3600.0
 #: How often (at most) to look for such old tasks by id while waiting.
@@ -64,63 +60,6 @@ STALE_SWEEP_EVERY_S: Final = 3600.0
 # Results are committed (and yielded) in groups: every 100, or half a second after the last.
 _FLUSH_EVERY: Final = 100
 _FLUSH_AFTER_S: Final = 0.5
-
-Via = Literal["tasks_ready", "direct", "postback", "pingback"]
-
-
-class Result(msgspec.Struct, frozen=True):
-    """One task's answer, matched to its input line. ``result`` is the task's ``result`` list
-    as task_get returns it (``None`` when the task failed on the service side)."""
-
-    line: int
-    tag: str | None
-    task_id: str
-    status_code: int | None
-    status_message: str | None
-    result: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code == 20000
-
-
-class _ReadyItem(msgspec.Struct):
-    id: str
-    tag: str | None = None
-
-
-class _ReadyTask(msgspec.Struct):
-    status_code: int = 0
-    result: list[_ReadyItem] | None = None
-
-
-class _ReadyEnvelope(msgspec.Struct):
-    status_code: int = 0
-    tasks: list[_ReadyTask] | None = None
-
-
-class _GotData(msgspec.Struct):
-    tag: str | None = None
-
-
-class GotTask(msgspec.Struct):
-    """One element of a task_get (or postback) envelope's ``tasks``."""
-
-    status_code: int
-    id: str | None = None
-    status_message: str = ""
-    data: _GotData | None = None
-    result: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class GotEnvelope(msgspec.Struct):
-    status_code: int = 0
-    status_message: str = ""
-    tasks: list[GotTask] | None = None
-
-
-_decode_ready = msgspec.json.Decoder(_ReadyEnvelope).decode
-decode_got = msgspec.json.Decoder(GotEnvelope).decode
 
 
 @dataclass
@@ -136,122 +75,6 @@ class CollectStats:
     not_ready: int = 0
     foreign: int = 0
     next_poll_s: float | None = None
-
-
-def result_row(ref: TaskRef, task: GotTask, via: Via) -> ResultRow:
-    raw = task.result
-    text = bytes(raw)
-    result = None if text in (b"", b"null") else text.decode()
-    ok = task.status_code == 20000
-    if ok:
-        note = None
-    elif task.status_code in (40400, 40401):
-        note = f"task_get: not found on the service ({task.status_code})"
-    elif task.status_code == 40403:
-        note = "task_get: the result expired (40403: results are kept 30 days)"
-    else:
-        note = REFUND_NOTE
-    return ResultRow(
-        task_id=ref.task_id,
-        line=ref.line,
-        tag=ref.tag,
-        ok=ok,
-        status_code=task.status_code,
-        status_message=task.status_message,
-        result=result if ok else None,
-        via=via,
-        note=note,
-    )
-
-
-def to_result(row: ResultRow) -> Result:
-    return Result(
-        line=row.line,
-        tag=row.tag,
-        task_id=row.task_id,
-        status_code=row.status_code,
-        status_message=row.status_message,
-        result=orjson.loads(row.result) if row.result is not None else None,
-    )
-
-
-def default_out(ledger_path: str) -> str:
-    """``prompts.jsonl.ledger.sqlite`` → ``prompts.jsonl.results.jsonl``."""
-    base = ledger_path.removesuffix(".sqlite").removesuffix(".ledger")
-    return f"{base}.results.jsonl"
-
-
-class ResultWriter:
-    """Appends every result recorded in the ledger to one JSONL file, each exactly once.
-
-    The ledger keeps, per file, the last result written and the file's size after it. On open
-    a longer file is cut back to that size (lines written by a run that died before recording
-    them) and a missing or shorter one is rebuilt; then everything recorded since is appended.
-    One writer per file at a time.
-    """
-
-    def __init__(self, ledger: Ledger, path: str) -> None:
-        self._ledger = ledger
-        self.path = os.path.abspath(path)
-        mark = ledger.output_mark(self.path)
-        size = os.path.getsize(self.path) if os.path.exists(self.path) else None
-        if mark is None:
-            if size:
-                raise ConfigError(
-                    f"{path} exists and was not written from ledger {ledger.path}: "
-                    "choose another --out or remove it"
-                )
-            self._seq = 0
-            self._truncate(0)
-        elif size is None or size < mark[1]:
-            if size is not None:
-                log.warning("%s is shorter than recorded: rewriting it from the ledger", path)
-            self._seq = 0
-            self._truncate(0)
-        else:
-            self._seq = mark[0]
-            if size > mark[1]:
-                self._truncate(mark[1])
-        self.written = 0
-        self.catch_up()
-
-    def _truncate(self, size: int) -> None:
-        if size == 0 and not os.path.exists(self.path):
-            return  # no empty file: it is created with its first result
-        with open(self.path, "ab") as f:
-            f.truncate(size)
-
-    def catch_up(self) -> int:
-        """Append what the ledger recorded since the last call; returns lines written."""
-        n = 0
-        rows = self._ledger.results_after(self._seq)
-        if not rows:
-            return 0
-        with open(self.path, "ab") as f:
-            while rows:
-                chunk = b"".join(_line_bytes(row) for row in rows)
-                f.write(chunk)
-                f.flush()
-                self._seq = int(rows[-1][0])
-                n += len(rows)
-                self._ledger.set_output_mark(self.path, self._seq, f.tell())
-                rows = self._ledger.results_after(self._seq)
-        self.written += n
-        return n
-
-
-def _line_bytes(row: tuple[Any, ...]) -> bytes:
-    _seq, line, tag, task_id, code, message, result, *engine = row
-    doc = {
-        "line": line,
-        **({"engine": engine[0]} if engine else {}),
-        "tag": tag,
-        "task_id": task_id,
-        "status_code": code,
-        "status_message": message,
-        "result": orjson.Fragment(result) if result is not None else None,
-    }
-    return orjson.dumps(doc) + b"\n"
 
 
 class Collector:
@@ -299,10 +122,7 @@ class Collector:
             raise ConfigError("max attempts must be at least 1")
         if not 0 < poll_interval_s <= max_poll_interval_s:
             raise ConfigError("poll interval must be more than 0 and at most the maximum")
-        try:
-            self.ready_limiter = RateLimiter(rate=tasks_ready_rate, period_s=60.0, burst=1)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self._tasks_ready_rate = tasks_ready_rate
         self._concurrency_arg = concurrency
         self._margin_s = margin_s
         # Shared throttles (a fleet's RedisThrottle per function) replace the local ones.
@@ -343,18 +163,17 @@ class Collector:
         only before the first call."""
         if period_s is None:
             period_s = self.limiter.period_s
-        try:
-            self.limiter = RateLimiter(
-                rate=rate, period_s=period_s, margin_s=self._margin_s, burst=default_burst(rate)
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.concurrency = self._concurrency_arg or default_concurrency(rate, period_s)
-        self.gate = ConcurrencyGate(limit=self.concurrency)
+        local = local_throttle(
+            rate, period_s, margin_s=self._margin_s, concurrency=self._concurrency_arg
+        )
+        self.limiter, self.gate = local.limiter, local.gate
+        self.concurrency = local.gate.limit
         # task_get counts against the account's rate; tasks_ready has its own; both share
         # the account's cap on simultaneous calls.
-        self.throttle = self._shared[0] or LocalThrottle(self.limiter, self.gate)
-        self.ready_throttle = self._shared[1] or LocalThrottle(self.ready_limiter, self.gate)
+        ready = local_throttle(self._tasks_ready_rate, 60.0, burst=1, gate=local.gate)
+        self.ready_limiter = ready.limiter
+        self._local = (local, ready)
+        self.share(*self._shared)
 
     @property
     def throttle(self) -> Throttle:
@@ -379,8 +198,8 @@ class Collector:
         ``RedisThrottle`` per function) instead of this process's own buckets; ``None``
         keeps the local one. Only before the first call."""
         self._shared = (throttle, ready_throttle)
-        self.throttle = throttle or LocalThrottle(self.limiter, self.gate)
-        self.ready_throttle = ready_throttle or LocalThrottle(self.ready_limiter, self.gate)
+        self.throttle = throttle or self._local[0]
+        self.ready_throttle = ready_throttle or self._local[1]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -557,13 +376,12 @@ class Collector:
         if reply is None or answer.stopped:
             return [], False
         if reply.kind == "ok":
-            try:
-                env = _decode_ready(reply.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            page = ready_items(reply.body)
+            if page is None:
                 log.warning("tasks_ready answered something unreadable; trying again later")
                 return [], False
-            items = [i for t in env.tasks or [] for i in t.result or []]
-            return [i.id for i in items], len(items) >= READY_PAGE
+            items, listed = page
+            return [i.id for i in items], listed >= READY_PAGE
         if reply.kind in ("retry", "unknown"):
             log.warning("tasks_ready: %s; will try again later", reply.message)
             return [], False

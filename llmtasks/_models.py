@@ -29,6 +29,8 @@ from llmtasks._models_builtin import BUILTIN
 from llmtasks._task import ENGINES
 from llmtasks._throttle import RetryPolicy, Throttle
 from llmtasks._transport import Transport
+from llmtasks._wire import ModelInfo as ModelInfo
+from llmtasks._wire import decode_models
 from llmtasks._words import count
 
 log = logging.getLogger("llmtasks")
@@ -43,15 +45,6 @@ _ATTEMPTS: Final = 3
 Source = Literal["service", "cache", "built-in"]
 
 
-class ModelInfo(msgspec.Struct, frozen=True):
-    model_name: str
-    #: None when the list does not say (an older answer): the reasoning rules then stay
-    #: unenforced for the model rather than guessed.
-    reasoning: bool | None = None
-    web_search_supported: bool = False
-    task_post_supported: bool = False
-
-
 class ModelList(msgspec.Struct, frozen=True):
     """One engine's models and where they came from (``note``: why the built-in table)."""
 
@@ -61,17 +54,6 @@ class ModelList(msgspec.Struct, frozen=True):
     note: str = ""
 
 
-class _ModelsTask(msgspec.Struct):
-    status_code: int = 0
-    status_message: str = ""
-    result: list[ModelInfo] | None = None
-
-
-class _ModelsEnvelope(msgspec.Struct):
-    status_code: int = 0
-    tasks: list[_ModelsTask] | None = None
-
-
 class _CacheFile(msgspec.Struct):
     base_url: str
     engine: str
@@ -79,7 +61,6 @@ class _CacheFile(msgspec.Struct):
     models: list[ModelInfo]
 
 
-_decode: Final = msgspec.json.Decoder(_ModelsEnvelope).decode
 _decode_cache: Final = msgspec.json.Decoder(_CacheFile).decode
 
 
@@ -113,7 +94,7 @@ async def fetch_models(
     if reply.kind != "ok":
         raise ServiceError(f"models for {engine}: {reply.message or reply.kind}")
     try:
-        env = _decode(reply.body)
+        env = decode_models(reply.body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ServiceError(f"models for {engine}: unreadable answer ({exc})") from None
     tasks = env.tasks or []

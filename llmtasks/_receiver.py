@@ -35,11 +35,13 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from llmtasks._collect import Collector, GotTask, result_row
+from llmtasks._collect import Collector
 from llmtasks._errors import ConfigError
 from llmtasks._inbound import Listener, Refused, printable, read_body
 from llmtasks._ledger import TaskRef
+from llmtasks._results_file import result_row
 from llmtasks._transport import DEFAULT_BASE_URL, is_loopback
+from llmtasks._wire import decode_postback
 
 log = logging.getLogger("llmtasks")
 
@@ -83,17 +85,6 @@ def with_secret(url: str, secret: str, *, option: str) -> str:
         raise ConfigError(f"{option} already has a secret= parameter; {SECRET_ENV} adds it")
     query = f"{parts.query}&secret={secret}" if parts.query else f"secret={secret}"
     return urlunsplit(parts._replace(query=query))
-
-
-class _Postback(msgspec.Struct):
-    """What a postback must be: the envelope of exactly one task. A fixed-length tuple makes
-    the decoder stop at the second task instead of building a million of them."""
-
-    status_code: int = 0
-    tasks: tuple[GotTask] | None = None
-
-
-_decode_postback = msgspec.json.Decoder(_Postback).decode
 
 
 @dataclass
@@ -288,7 +279,7 @@ class Receiver:
                     max_containers=self._max_containers,
                 )
             try:
-                tasks = _decode_postback(body).tasks
+                tasks = decode_postback(body).tasks
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 raise Refused(400, "body is not the task_get envelope of one task") from None
             del body

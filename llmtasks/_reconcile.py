@@ -19,18 +19,18 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._ledger import Ledger, LineRef
-from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt
 from llmtasks._submit import prompt_digest
-from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
+from llmtasks._throttle import RetryPolicy, Throttle, local_throttle
 from llmtasks._transport import Reply
+from llmtasks._wire import IdListItem, IdListMetadata, id_list_items, ready_items
 
 log = logging.getLogger("llmtasks")
 
@@ -48,6 +48,7 @@ _CLOCK_TRIES: Final = 3
 #: How far back id_list lists tasks with their metadata: "one month", read as the shortest.
 METADATA_REACH_S: Final = 28 * 24 * 3600.0
 CLOCK_PATH: Final = "/v3/appendix/user_data"
+_NO_METADATA: Final = IdListMetadata()
 
 
 @dataclass
@@ -99,9 +100,9 @@ async def reconcile(
     report.unknown = len(unknown)
     if not unknown:
         return report
-    sent_at = ledger.batch_times(b for _, _, _, b in unknown)
+    sent_at = ledger.batch_times(u.batch_id for u in unknown)
     now = time.time()
-    ripe = [u for u in unknown if now - sent_at.get(u[3], now) >= min_age_s]
+    ripe = [u for u in unknown if now - sent_at.get(u.batch_id, now) >= min_age_s]
     report.too_recent = len(unknown) - len(ripe)
     if not ripe:
         return report
@@ -111,15 +112,17 @@ async def reconcile(
     reach = service_now - METADATA_REACH_S
     # Every window [t - skew, t + skew] is cut at the service's now (nothing can have been
     # created later); it must start within id_list's reach, or a miss would prove nothing.
-    searchable = {b for b in {u[3] for u in ripe} if reach <= sent_at[b] - skew_s <= service_now}
-    blind = [u for u in ripe if u[3] not in searchable]
-    ripe = [u for u in ripe if u[3] in searchable]
+    searchable = {
+        b for b in {u.batch_id for u in ripe} if reach <= sent_at[b] - skew_s <= service_now
+    }
+    blind = [u for u in ripe if u.batch_id not in searchable]
+    ripe = [u for u in ripe if u.batch_id in searchable]
     by_tag: dict[str | None, list[tuple[int, bytes | None]]] = {}
     for line, tag, digest, _ in ripe:
         by_tag.setdefault(tag, []).append((line, digest))
     # 10 calls per minute is id_list's own documented limit; never exceed it.
-    client.throttles["id_list"] = id_list_throttle or LocalThrottle(
-        RateLimiter(rate=max(2, id_list_rate), period_s=60.0), ConcurrencyGate(limit=1)
+    client.throttles["id_list"] = id_list_throttle or local_throttle(
+        max(2, id_list_rate), 60.0, burst=1, concurrency=1
     )
     found: dict[int, Receipt] = {}
     windows = _windows([sent_at[b] for b in searchable], skew_s)
@@ -132,11 +135,10 @@ async def reconcile(
             if len(items) < PAGE:
                 break
             offset += PAGE
-    missing = [u for u in ripe + blind if u[0] not in found]
+    missing = [u for u in ripe + blind if u.line not in found]
     if missing:
-        client.throttles["tasks_ready"] = tasks_ready_throttle or LocalThrottle(
-            RateLimiter(rate=max(2, tasks_ready_rate), period_s=60.0, burst=1),
-            ConcurrencyGate(limit=1),
+        client.throttles["tasks_ready"] = tasks_ready_throttle or local_throttle(
+            max(2, tasks_ready_rate), 60.0, burst=1, concurrency=1
         )
         await _tasks_ready(client, ledger.engine, missing, found, report)
     verdicts = list(found.values())
@@ -157,7 +159,7 @@ async def reconcile(
             )
     ledger.resolve(verdicts)
     report.found = len(found)
-    report.not_found = len(ripe) - len([u for u in ripe if u[0] in found])
+    report.not_found = len(ripe) - len([u for u in ripe if u.line in found])
     return report
 
 
@@ -196,33 +198,32 @@ async def service_clock(transport: BaseTransport, skew_s: float) -> tuple[float,
 
 
 def _match(
-    item: dict[str, Any],
+    item: IdListItem,
     engine: str,
     by_tag: dict[str | None, list[tuple[int, bytes | None]]],
     found: dict[int, Receipt],
     report: ReconcileReport,
 ) -> None:
-    meta = item.get("metadata") or {}
-    if f"/{engine}/" not in str(item.get("url", "")):
+    meta = item.metadata or _NO_METADATA
+    if f"/{engine}/" not in item.url:
         return
-    candidates = by_tag.get(meta.get("tag"))
+    candidates = by_tag.get(meta.tag)
     if not candidates:
         return
-    digest = prompt_digest(str(meta.get("user_prompt") or ""))
-    task_id = str(item.get("id"))
+    digest = prompt_digest(meta.user_prompt or "")
+    task_id = item.id
     matching = [line for line, want in candidates if want is None or want == digest]
     if any(found[line].task_id == task_id for line in matching if line in found):
         return  # the same item seen twice (overlapping pages)
     for line in matching:
         if line not in found:
-            cost = item.get("cost")
             found[line] = Receipt(
                 line=line,
                 state="created",
                 task_id=task_id,
                 status_code=20100,
                 status_message="Task Created.",
-                cost=float(cost) if isinstance(cost, int | float) else None,
+                cost=item.cost_usd,
                 reason="found on the service by reconcile",
             )
             return
@@ -267,25 +268,27 @@ async def _tasks_ready(
     if reply.kind != "ok":
         log.info("tasks_ready not available for reconcile (%s)", reply.message)
         return
-    doc = orjson.loads(reply.body)
-    for task in doc.get("tasks") or []:
-        for item in task.get("result") or []:
-            tag = item.get("tag") if isinstance(item, dict) else None
-            lines = lines_by_tag.get(tag) if isinstance(tag, str) else None
-            if lines is not None and len(lines) == 1 and lines[0] not in found:
-                found[lines[0]] = Receipt(
-                    line=lines[0],
-                    state="created",
-                    task_id=str(item.get("id")),
-                    status_code=20100,
-                    status_message="Task Created.",
-                    reason="found in tasks_ready by reconcile",
-                )
+    page = ready_items(reply.body)
+    if page is None:
+        log.info("tasks_ready answered something unreadable; not used by reconcile")
+        return
+    items, _ = page
+    for item in items:
+        lines = lines_by_tag.get(item.tag) if item.tag is not None else None
+        if lines is not None and len(lines) == 1 and lines[0] not in found:
+            found[lines[0]] = Receipt(
+                line=lines[0],
+                state="created",
+                task_id=item.id,
+                status_code=20100,
+                status_message="Task Created.",
+                reason="found in tasks_ready by reconcile",
+            )
 
 
 async def _page(
     client: AccountClient, lo: float, hi: float, offset: int, report: ReconcileReport
-) -> list[dict[str, Any]]:
+) -> list[IdListItem]:
     body = orjson.dumps(
         [
             {
@@ -299,14 +302,14 @@ async def _page(
             }
         ]
     )
-    pages: list[list[dict[str, Any]]] = []
+    pages: list[list[IdListItem]] = []
 
     def again(reply: Reply, _: bool) -> bool:
         # id_list is a free read: anything but an answer (or refused credentials) is asked
         # again, a refusal of the query itself (task level) included.
         if reply.kind == "auth":
             return False
-        items = _items(reply)
+        items = id_list_items(reply.body) if reply.kind == "ok" else None
         if items is None:
             return True
         pages.append(items)
@@ -331,16 +334,6 @@ async def _page(
     raise ServiceError(
         f"id_list kept failing ({_reason(reply)}); nothing was changed, try again later"
     )
-
-
-def _items(reply: Reply) -> list[dict[str, Any]] | None:
-    """The listed tasks of an id_list answer, None unless it is one."""
-    env = reply.envelope if reply.kind == "ok" else None
-    tasks = (env.tasks or []) if env is not None else []
-    if not tasks or tasks[0].status_code != 20000:
-        return None
-    result = orjson.loads(reply.body)["tasks"][0].get("result") or []
-    return [r for r in result if isinstance(r, dict)]
 
 
 def _reason(reply: Reply) -> str:

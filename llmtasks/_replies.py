@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmtasks._receipt import Receipt
-from llmtasks._transport import INVALID_TASK_CODES, Envelope
+from llmtasks._transport import INVALID_TASK_CODES
+from llmtasks._wire import Envelope
 
 
 def post_receipts(

@@ -46,7 +46,6 @@ from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._lines import record_digest
 from llmtasks._models import ModelList, default_cache_dir, load_models
 from llmtasks._pace import CallWindow
-from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._receipt import Receipt, State
 from llmtasks._replies import post_receipts
 from llmtasks._rules import TaskRules
@@ -59,8 +58,8 @@ from llmtasks._throttle import (
     LocalThrottle,
     RetryPolicy,
     Throttle,
-    default_burst,
     default_concurrency,
+    local_throttle,
 )
 from llmtasks._transport import (
     DEFAULT_BASE_URL,
@@ -340,15 +339,12 @@ class Submitter:
         self.client.throttles["task_post"] = throttle
 
     def _set_rate(self, rate: int, period_s: float) -> None:
-        try:
-            self.limiter = RateLimiter(
-                rate=rate, period_s=period_s, margin_s=self._margin_s, burst=default_burst(rate)
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.concurrency = self._concurrency_arg or default_concurrency(rate, period_s)
-        self.gate = ConcurrencyGate(limit=self.concurrency)
-        self.throttle = LocalThrottle(self.limiter, self.gate)
+        throttle = local_throttle(
+            rate, period_s, margin_s=self._margin_s, concurrency=self._concurrency_arg
+        )
+        self.limiter, self.gate = throttle.limiter, throttle.gate
+        self.concurrency = throttle.gate.limit
+        self.throttle = throttle
 
     async def account(self) -> Account:
         """The free ``user_data`` call: checks credentials; returns balance and limits."""

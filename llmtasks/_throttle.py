@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from llmtasks._errors import ConfigError
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._transport import Reply
 
@@ -31,6 +32,33 @@ def default_burst(rate: int) -> int:
     loop) is lost for good; a few tokens of slack absorb it. Each token costs 1/rate of the
     limit, so keep C near 1% of the rate: at least 2, at most 10."""
     return max(1, min(rate - 1, max(2, min(10, rate // 100))))
+
+
+def local_throttle(
+    rate: int,
+    period_s: float,
+    *,
+    margin_s: float | None = None,
+    concurrency: int | None = None,
+    burst: int | None = None,
+    gate: ConcurrencyGate | None = None,
+) -> LocalThrottle:
+    """This process's throttle for one function: a bucket of ``rate`` calls per
+    ``period_s`` (``burst`` tokens, by default ``default_burst``) behind ``gate``, or a gate
+    of its own of ``concurrency`` calls (by default ``default_concurrency``). The one place
+    where a limiter and a gate are built; an impossible value is a ``ConfigError``."""
+    try:
+        limiter = RateLimiter(
+            rate=rate,
+            period_s=period_s,
+            margin_s=margin_s,
+            burst=default_burst(rate) if burst is None else burst,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if gate is None:
+        gate = ConcurrencyGate(limit=concurrency or default_concurrency(rate, period_s))
+    return LocalThrottle(limiter, gate)
 
 
 class Throttle(Protocol):

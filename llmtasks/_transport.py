@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import email.utils
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Final, Literal, NamedTuple
@@ -19,6 +20,7 @@ import aiohttp
 import msgspec
 
 from llmtasks._errors import AuthError, ConfigError, FundsError, LlmtasksError, ServiceError
+from llmtasks._wire import Envelope, decode_envelope
 
 DEFAULT_BASE_URL: Final = "https://api.dataforseo.com"
 
@@ -29,25 +31,6 @@ FUNDS_CODES: Final = frozenset({40200, 40210, 40203})
 INVALID_TASK_CODES: Final = frozenset({40501, 40503})
 
 Kind = Literal["ok", "retry", "unknown", "auth", "funds", "fatal"]
-
-
-class TaskData(msgspec.Struct, frozen=True):
-    tag: str | None = None
-
-
-class TaskReply(msgspec.Struct, frozen=True):
-    status_code: int
-    id: str | None = None
-    status_message: str = ""
-    cost: float | None = None
-    data: TaskData | None = None
-
-
-class Envelope(msgspec.Struct, frozen=True):
-    status_code: int
-    status_message: str = ""
-    cost: float | None = None
-    tasks: list[TaskReply] | None = None
 
 
 class Reply(NamedTuple):
@@ -62,13 +45,10 @@ class Reply(NamedTuple):
     "now", for requests that must not name a future time (id_list)."""
 
 
-_decode_envelope = msgspec.json.Decoder(Envelope).decode
-
-
 def classify(http_status: int, body: bytes) -> Reply:
     """Classify an HTTP reply that did arrive."""
     try:
-        env = _decode_envelope(body)
+        env = decode_envelope(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         env = None
     if env is None:
@@ -211,6 +191,8 @@ class MemoryTransport:
         return reply
 
 
+# Every reply has one and it changes once a second: parsed once per distinct value.
+@functools.lru_cache(maxsize=8)
 def parse_http_date(value: str | None) -> float | None:
     """An HTTP ``Date`` header (``Tue, 01 Dec 2026 02:00:00 GMT``) as a Unix time, or None."""
     if not value:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from llmtasks._cli import main
 from llmtasks._cmd_submit import _shard
-from llmtasks._submit_run import count_lines
+from llmtasks._submit_run import SWITCH_INTERVAL_S, count_lines, quick_switching
 
 
 @pytest.mark.parametrize(
@@ -39,3 +40,12 @@ def test_version_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_a_run_switches_threads_quickly_and_sets_it_back() -> None:
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL_S
+    with pytest.raises(RuntimeError), quick_switching():
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        raise RuntimeError
+    assert sys.getswitchinterval() == before

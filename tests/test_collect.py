@@ -11,15 +11,10 @@ import orjson
 import pytest
 
 from llmtasks import Submitter
-from llmtasks._collect import (
-    REFUND_NOTE,
-    Collector,
-    GotTask,
-    ResultWriter,
-    collect,
-    result_row,
-)
+from llmtasks._collect import Collector, collect
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
+from llmtasks._results_file import REFUND_NOTE, ResultWriter, result_row
+from llmtasks._wire import GotTask
 from llmtasks.emulator import Emulator, EmulatorConfig
 from tests.conftest import read_jsonl, run_cli, write_prompts
 

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from llmtasks import AuthError, Submitter
-from llmtasks._collect import Collector, Result
+from llmtasks._collect import Collector
 from llmtasks._ledger import Ledger
+from llmtasks._results_file import Result
 from llmtasks._transport import MemoryTransport, Reply, classify
 from tests.test_submit_send import created
 

@@ -76,6 +76,35 @@ def test_each_public_name_is_the_object_its_private_module_defines() -> None:
         assert getattr(importlib.import_module(module), name) is obj
 
 
+def test_the_heavy_parts_load_only_when_used() -> None:
+    """``import llmtasks`` and every command's start leave out the receiver's and the
+    emulator's aiohttp.web and the Redis client; the names that need them load on use."""
+    code = (
+        "import sys, llmtasks, llmtasks.emulator\n"
+        "from llmtasks._cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('aiohttp.web', 'redis', 'llmtasks._receiver', 'llmtasks._shared',\n"
+        "         'llmtasks.emulator._server')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "assert 'Receiver' in dir(llmtasks) and 'shared_throttle' in dir(llmtasks)\n"
+        "from llmtasks import Receiver, shared_throttle\n"
+        "from llmtasks.emulator import Emulator\n"
+        "print(Receiver.__module__, shared_throttle.__module__, Emulator.__module__)\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+    assert out == [
+        "[]",
+        "llmtasks._receiver llmtasks._shared llmtasks.emulator._server",
+        "['aiohttp.web', 'llmtasks._receiver', 'llmtasks._shared', 'llmtasks.emulator._server',"
+        " 'redis']",
+    ]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = llmtasks.nothing  # type: ignore[attr-defined]
+
+
 def _exception_classes() -> dict[str, type[BaseException]]:
     """Every exception class a module of the package defines, the emulator included."""
     found: dict[str, type[BaseException]] = {}

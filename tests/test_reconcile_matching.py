@@ -43,6 +43,7 @@ from llmtasks._reconcile import (
 from llmtasks._submit import prompt_digest
 from llmtasks._throttle import LocalThrottle, RetryPolicy
 from llmtasks._transport import Reply, Transport, classify
+from llmtasks._wire import id_list_items
 from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
 
 URL = "https://api.dataforseo.com/v3/ai_optimization/{}/llm_responses/task_post"
@@ -77,7 +78,10 @@ def _unknown(*lines: tuple[int, str | None, str | None]) -> Unknown:
 def _run(items: list[dict[str, Any]], by_tag: Unknown, engine: str = "chat_gpt") -> Any:
     found: dict[int, Receipt] = {}
     report = ReconcileReport()
-    for item in items:
+    # Decoded as reconcile decodes an id_list answer.
+    page = id_list_items(orjson.dumps({"tasks": [{"status_code": 20000, "result": items}]}))
+    assert page is not None
+    for item in page:
         _match(item, engine, by_tag, found, report)
     return found, report
 

@@ -9,7 +9,7 @@ import pytest
 
 from llmtasks._receipt import Receipt
 from llmtasks._replies import _field_of, post_receipts
-from llmtasks._transport import Envelope
+from llmtasks._wire import Envelope
 
 LINES = [4, 7, 9]
 TAGS = ["t4", "t7", "t9"]

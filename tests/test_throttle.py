@@ -9,6 +9,7 @@ import random
 import pytest
 from virtualtime import run
 
+from llmtasks._errors import ConfigError
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._throttle import (
     AUTH_GLITCH_RETRIES,
@@ -16,6 +17,7 @@ from llmtasks._throttle import (
     RetryPolicy,
     default_burst,
     default_concurrency,
+    local_throttle,
 )
 from llmtasks._transport import Kind, Reply
 
@@ -202,3 +204,32 @@ def test_delay_follows_the_configured_backoff() -> None:
     random.seed(1)
     assert all(1.0 <= policy.delay_s(1) <= 2.0 for _ in range(200))
     assert all(2.5 <= policy.delay_s(3) <= 5.0 for _ in range(200))
+
+
+def test_local_throttle_builds_the_bucket_and_gate_from_the_rate() -> None:
+    t = local_throttle(2000, 60.0)
+    assert (t.limiter.rate, t.limiter.period_s) == (2000, 60.0)
+    assert t.limiter.burst == default_burst(2000) == 10
+    assert t.gate.limit == default_concurrency(2000, 60.0) == 30
+    assert t.limiter.margin_s == pytest.approx(0.6)  # 1% of the period, the limiter's own
+    given = local_throttle(120, 30.0, margin_s=0.5, concurrency=7, burst=3)
+    assert (given.limiter.burst, given.limiter.margin_s, given.gate.limit) == (3, 0.5, 7)
+    # A second function's bucket behind the same simultaneous calls.
+    ready = local_throttle(20, 60.0, burst=1, gate=given.gate)
+    assert ready.gate is given.gate and ready.limiter.rate == 20 and ready.limiter.burst == 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "period_s", "burst", "words"),
+    [
+        (0, 60.0, None, "rate must be an integer of at least 2 calls, not 0"),
+        (10, 0.0, None, "period_s must be a positive number of seconds, not 0.0"),
+        (5, 60.0, 6, "burst must be an integer from 1 to rate - 1 (4), not 6"),
+    ],
+)
+def test_local_throttle_says_what_is_impossible_as_a_config_error(
+    rate: int, period_s: float, burst: int | None, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        local_throttle(rate, period_s, burst=burst)
+    assert str(err.value) == words

@@ -8,11 +8,10 @@ import signal
 import sys
 from typing import Any
 
-from llmtasks.emulator._config import EmulatorConfig
-from llmtasks.emulator._server import (
+from llmtasks.emulator._config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_S,
-    Emulator,
+    EmulatorConfig,
 )
 
 _DEFAULTS = EmulatorConfig()
@@ -220,6 +219,9 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> None:
+    # The server (aiohttp.web) only when it runs: every command builds this one's parser.
+    from llmtasks.emulator._server import Emulator
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,12 @@ import msgspec
 
 DEFAULT_LOGIN = "login"
 DEFAULT_PASSWORD = "password"
+# Far above what a fleet of clients opens (each keeps at most 30 connections), far below a
+# process's usual 1024 file descriptors.
+DEFAULT_MAX_CONNECTIONS = 512
+# Longer than any answer takes (``latency_ms`` included) and than aiohttp's client keeps an
+# idle connection (15 s), so only a stalled or abandoned connection is ever cut.
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
 class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

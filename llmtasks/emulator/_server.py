@@ -19,7 +19,11 @@ from aiohttp import web
 from llmtasks._inbound import Listener
 from llmtasks.emulator import _wire as w
 from llmtasks.emulator._account import Account
-from llmtasks.emulator._config import EmulatorConfig
+from llmtasks.emulator._config import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    EmulatorConfig,
+)
 from llmtasks.emulator._gate import Gate
 from llmtasks.emulator._guard import MAX_BODY_BYTES, guard
 from llmtasks.emulator._inspect import Inspection
@@ -28,12 +32,6 @@ from llmtasks.emulator._state import CallRecord, CreatedTask, Service
 from llmtasks.emulator._task_post import TaskPost
 from llmtasks.emulator._task_queries import TaskQueries
 
-# Far above what a fleet of clients opens (each keeps at most 30 connections), far below a
-# process's usual 1024 file descriptors.
-DEFAULT_MAX_CONNECTIONS: Final = 512
-# Longer than any answer takes (``latency_ms`` included) and than aiohttp's client keeps an
-# idle connection (15 s), so only a stalled or abandoned connection is ever cut.
-DEFAULT_REQUEST_TIMEOUT_S: Final = 60.0
 # Not the receiver's 5 s: an idle connection is closed only by the request timeout, long
 # after aiohttp's client drops its own (15 s), so none is closed under a client's feet.
 _KEEPALIVE_S: Final = 75.0
