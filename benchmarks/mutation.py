@@ -656,10 +656,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             'await self._record_all(batch, sent[-1], "pending", reply, attempt, None, emit=None)',
         )
     },
-    ("llmtasks._submit.xǁRunStatsǁnote_call", "self.window.note(None)"): (
-        "CallWindow.note(None) takes time.monotonic() itself, microseconds after the "
-        "admission time it is given: the same window for progress and summary"
-    ),
     **{
         (f"llmtasks._submit.xǁSubmitterǁ{function}", line): (
             "the client's count of successes is read only as 'more than none' (the 401 "

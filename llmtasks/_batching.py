@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Final
@@ -13,6 +14,12 @@ from llmtasks._decode import InputLine
 
 #: Input lines handed over at a time (one worker-thread hop per chunk when reading a file).
 READ_CHUNK: Final = 1024
+
+
+def prompt_digest(prompt: str) -> bytes:
+    """What the write-ahead keeps of a user's own tag's prompt: reconcile tells apart the
+    lines that share a tag by it (a generated tag names its line)."""
+    return hashlib.blake2b(prompt.encode(), digest_size=8).digest()
 
 
 class Batch:

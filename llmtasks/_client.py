@@ -26,6 +26,11 @@ class BaseTransport(Protocol):
     """What sends one request and classifies its reply (never raising for network
     trouble): the aiohttp ``Transport``, or ``MemoryTransport`` in unit tests."""
 
+    @property
+    def base_url(self) -> str:
+        """The service it talks to (keys the models cache; never holds credentials)."""
+        ...
+
     async def get(self, path: str) -> Reply: ...
 
     async def post(self, path: str, body: bytes) -> Reply: ...

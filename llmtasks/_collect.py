@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from llmtasks._client import AccountClient, Request
+from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -93,8 +93,8 @@ class Collector:
     def __init__(
         self,
         *,
-        login: str,
-        password: str,
+        login: str = "",
+        password: str = "",
         ledger: str | Ledger,
         base_url: str = DEFAULT_BASE_URL,
         engine: str | None = None,
@@ -113,6 +113,7 @@ class Collector:
         allow_insecure: bool = False,
         throttle: Throttle | None = None,
         ready_throttle: Throttle | None = None,
+        transport: BaseTransport | None = None,
     ) -> None:
         if engine is not None and engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -127,14 +128,17 @@ class Collector:
         self._margin_s = margin_s
         # Shared throttles (a fleet's RedisThrottle per function) replace the local ones.
         self._shared: tuple[Throttle | None, Throttle | None] = (throttle, ready_throttle)
-        self.transport = Transport(
-            base_url=base_url,
-            login=login,
-            password=password,
-            timeout_s=timeout_s,
-            max_connections=concurrency or default_concurrency(rate, period_s),
-            allow_insecure=allow_insecure,
-        )
+        self._own_transport: Transport | None = None
+        if transport is None:
+            transport = self._own_transport = Transport(
+                base_url=base_url,
+                login=login,
+                password=password,
+                timeout_s=timeout_s,
+                max_connections=concurrency or default_concurrency(rate, period_s),
+                allow_insecure=allow_insecure,
+            )
+        self.transport: BaseTransport = transport
         self.retry = RetryPolicy(
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
@@ -226,12 +230,14 @@ class Collector:
         self.ledger.ensure_results()
         if self._out_path is not None:
             self.writer = ResultWriter(self.ledger, self._out_path)
-        await self.transport.__aenter__()
+        if self._own_transport is not None:
+            await self._own_transport.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.flush()
-        await self.transport.__aexit__()
+        if self._own_transport is not None:
+            await self._own_transport.__aexit__()
         if self.ledger is not None and (not isinstance(self._ledger_arg, Ledger) or self._own_view):
             self.ledger.close()
 

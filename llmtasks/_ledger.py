@@ -17,13 +17,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TextIO
+from typing import Any, TextIO
 
 import msgspec
 
 from llmtasks._errors import ConfigError, InputError
+from llmtasks._ledger_reads import LedgerReads
+from llmtasks._ledger_schema import SCHEMA
+from llmtasks._ledger_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from llmtasks._ledger_schema import BatchState as BatchState
+from llmtasks._ledger_schema import InFlightLine as InFlightLine
+from llmtasks._ledger_schema import LineRef as LineRef
+from llmtasks._ledger_schema import NewLine as NewLine
 from llmtasks._ledger_writer import LedgerWriter, unpack_lines
 from llmtasks._ledger_writer import pack_lines as pack_lines
 from llmtasks._ledger_writer import tx as _tx
@@ -32,73 +38,11 @@ from llmtasks._receipt import Receipt, State
 from llmtasks._results_store import Collected as Collected
 from llmtasks._results_store import CollectedRow as CollectedRow
 from llmtasks._results_store import ResultRow as ResultRow
-from llmtasks._results_store import ResultsStore
 from llmtasks._results_store import TaskRef as TaskRef
 from llmtasks._task import ENGINES
 
-#: 3: lines are written once, at their outcome; a batch in flight keeps its lines' digests
-#: and tags in its write-ahead row (``batches.write_ahead``). 2: ``engine`` columns, one row
-#: per (line, engine). 1: one engine per ledger. Older ledgers are migrated when opened.
-SCHEMA_VERSION: Final = 3
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id INTEGER PRIMARY KEY,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    calls INTEGER NOT NULL DEFAULT 0,
-    cost REAL NOT NULL DEFAULT 0,
-    command TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id INTEGER PRIMARY KEY,
-    session_id INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    n_tasks INTEGER NOT NULL,
-    sent_at REAL NOT NULL,
-    done_at REAL,
-    http_status INTEGER,
-    status_code INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    note TEXT,
-    lines BLOB,
-    engine TEXT NOT NULL,
-    write_ahead BLOB
-);
-CREATE TABLE IF NOT EXISTS lines (
-    line INTEGER NOT NULL,
-    engine TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    state TEXT NOT NULL,
-    tag TEXT,
-    prompt_digest BLOB,
-    task_id TEXT,
-    status_code INTEGER,
-    status_message TEXT,
-    cost REAL,
-    field TEXT,
-    reason TEXT,
-    batch_id INTEGER,
-    collected INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (line, engine)
-) WITHOUT ROWID;
-"""
-
-
-class NewLine(NamedTuple):
-    """A line read from input, as first written to the ledger."""
-
-    line: int
-    digest: bytes
-    state: State
-    tag: str | None = None
-    prompt_digest: bytes | None = None
-    field: str | None = None
-    reason: str | None = None
-
-
-class Ledger(ResultsStore):
+class Ledger(LedgerReads):
     """One ledger belongs to one input and one set of engines (one outcome per line and
     engine); reopening it resumes that job. An object is a view of one ``engine``: what it
     reads and writes about lines is that engine's (``for_engine`` gives the others)."""
@@ -154,7 +98,7 @@ class Ledger(ResultsStore):
             conn = sqlite3.connect(spath, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{spath}: not a usable llmtasks ledger ({exc})") from None
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -453,15 +397,6 @@ class Ledger(ResultsStore):
             )
         return {state: n for state, n in rows}
 
-    def counts_by_engine(self) -> dict[str, dict[str, int]]:
-        """Lines by engine, then state."""
-        out: dict[str, dict[str, int]] = {e: {} for e in self.engines}
-        for engine, state, n in self._db.execute(
-            "SELECT engine, state, COUNT(*) FROM lines GROUP BY engine, state"
-        ):
-            out.setdefault(engine, {})[state] = n
-        return out
-
     def receipts(
         self, *, states: Iterable[str] | None = None, first_line: int = 1
     ) -> Iterator[Receipt]:
@@ -501,84 +436,6 @@ class Ledger(ResultsStore):
             )
             out.update({b: t for b, t in rows})
         return out
-
-    # -- for status, report and export (every engine's) ------------------------------------
-
-    def meta(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
-
-    def status_code_counts(self) -> dict[int, int]:
-        """Lines by the status code the service gave them."""
-        rows = self._db.execute(
-            "SELECT status_code, COUNT(*) FROM lines WHERE status_code IS NOT NULL "
-            "GROUP BY status_code ORDER BY status_code"
-        )
-        return {int(code): int(n) for code, n in rows}
-
-    def created_totals(self) -> tuple[float, int]:
-        """The cost of the created lines, and the sum of their ``collected`` flags."""
-        ((cost, collected),) = self._db.execute(
-            "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(collected), 0) FROM lines WHERE state = ?",
-            (LineState.CREATED,),
-        )
-        return float(cost), int(collected)
-
-    def batch_summary(self) -> BatchSummary:
-        ((sending,),) = self._db.execute(
-            "SELECT COUNT(*) FROM batches WHERE state = ?", (BatchState.SENDING,)
-        )
-        ((first, last, n),) = self._db.execute(
-            "SELECT MIN(sent_at), MAX(COALESCE(done_at, sent_at)), COUNT(*) FROM batches"
-        )
-        return BatchSummary(int(n), int(sending), first, last)
-
-    def sessions(self) -> list[SessionRow]:
-        return [
-            SessionRow(*row)
-            for row in self._db.execute(
-                "SELECT session_id, started_at, ended_at, calls, cost FROM sessions "
-                "ORDER BY session_id"
-            )
-        ]
-
-    def call_times(self) -> list[float]:
-        """When each POST left (unix seconds), in order."""
-        return [float(t) for (t,) in self._db.execute("SELECT sent_at FROM batches ORDER BY 1")]
-
-    def retries(self) -> int:
-        # Each attempt of a call is a batch row of its own, numbered by ``attempts``: every
-        # row after a call's first is one retry.
-        ((n,),) = self._db.execute("SELECT COUNT(*) FROM batches WHERE attempts > 1")
-        return int(n)
-
-    def line_counts(self) -> list[tuple[str, str, Collected, int]]:
-        """(engine, state, collected flag, lines)."""
-        rows = self._db.execute(
-            "SELECT engine, state, collected, COUNT(*) FROM lines GROUP BY 1, 2, 3"
-        )
-        return [(e, s, Collected(c), int(n)) for e, s, c, n in rows]
-
-    def uncollected_cost(self) -> dict[str, float]:
-        """By engine: the cost of the created lines whose result is not in."""
-        rows = self._db.execute(
-            "SELECT engine, SUM(cost) FROM lines WHERE state = ? AND collected = ? GROUP BY 1",
-            (LineState.CREATED, Collected.WAITING),
-        )
-        return {e: float(c) for e, c in rows if c}
-
-    def first_result(self, engine: str) -> str | None:
-        """The result JSON of the engine's first stored result that has one."""
-        self.ensure_results()
-        row = self._db.execute(
-            "SELECT r.result FROM results r JOIN lines l ON l.task_id = r.task_id "
-            "WHERE r.result IS NOT NULL AND l.engine = ? ORDER BY r.seq LIMIT 1",
-            (engine,),
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read-only SQL, for tests."""
-        return list(self._db.execute(sql, args))
 
     def lookup_unrecorded(self, tag: str) -> int | None:
         """The one line in flight (in a batch written ahead, its reply not yet recorded) or
@@ -701,53 +558,6 @@ def _receipt(row: tuple[Any, ...]) -> Receipt:
         field=field,
         reason=reason,
     )
-
-
-class LineRef(NamedTuple):
-    """A recorded line, as reconcile looks for it on the service."""
-
-    line: int
-    tag: str | None
-    prompt_digest: bytes | None
-    """Of a user's own tag's task (a generated tag names its line)."""
-    batch_id: int
-    """Its last POST (0: never sent)."""
-
-
-class BatchSummary(NamedTuple):
-    calls: int
-    sending: int
-    """Written ahead and not recorded since (in flight, or cut off by a process that died)."""
-    first_call_at: float | None
-    last_call_at: float | None
-
-
-class SessionRow(NamedTuple):
-    session_id: int
-    started_at: float
-    ended_at: float | None
-    calls: int
-    cost: float
-
-
-class BatchState(StrEnum):
-    """``batches.state``: written ahead as ``SENDING``; then what became of the call."""
-
-    SENDING = "sending"
-    DONE = "done"
-    NOT_CREATED = "not_created"
-    UNKNOWN = "unknown"
-
-
-class InFlightLine(NamedTuple):
-    """A line of a batch written ahead and not recorded since. ``digest`` is None for a
-    batch written ahead before schema 3 (its lines are rows in the ledger, ``pending``)."""
-
-    line: int
-    batch_id: int
-    digest: bytes | None = None
-    tag: str | None = None
-    prompt_digest: bytes | None = None
 
 
 _decode_write_ahead = msgspec.msgpack.Decoder(

@@ -28,7 +28,6 @@ from llmtasks._errors import AuthError, ConfigError, LlmtasksError, ServiceError
 from llmtasks._models_builtin import BUILTIN
 from llmtasks._task import ENGINES
 from llmtasks._throttle import RetryPolicy, Throttle
-from llmtasks._transport import Transport
 from llmtasks._wire import ModelInfo as ModelInfo
 from llmtasks._wire import decode_models
 from llmtasks._words import count
@@ -149,7 +148,7 @@ def _write_cache(path: Path, base_url: str, engine: str, models: list[ModelInfo]
 
 
 async def load_models(
-    transport: Transport | None,
+    transport: BaseTransport | None,
     engine: str,
     *,
     cache_dir: Path | None = None,

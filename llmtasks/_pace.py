@@ -1,4 +1,4 @@
-"""Calls in a sliding window, and how to say them without misleading anyone.
+"""A run's counters, and its calls in a sliding window said without misleading anyone.
 
 The service counts calls per window (60 s by default); a pace figure that extrapolates a
 shorter interval to a minute can read higher than the limit that was in fact kept. So what is
@@ -12,6 +12,7 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from llmtasks._words import count, seconds
 
@@ -87,3 +88,39 @@ def summary_pace(
         f"{head}; busiest {period}: {_calls(window.busiest, window.limit)}, "
         f"last {period}: {_calls(window.in_last_window(now), window.limit)} ({limit})"
     )
+
+
+@dataclass
+class RunStats:
+    """Counters of one session (one ``submit`` invocation)."""
+
+    started: float = field(default_factory=time.monotonic)
+    lines_read: int = 0
+    already_done: int = 0
+    calls: int = 0
+    retries: int = 0
+    cost_usd: float = 0.0
+    reserved_usd: float = 0.0
+    """The worst case of the calls in flight (``--max-cost-usd``); shared, with the other
+    counters, by the engines of a fan-out."""
+    by_state: dict[str, int] = field(default_factory=dict)
+    ended: float | None = None
+    window: CallWindow = field(default_factory=lambda: CallWindow(limit=2000, period_s=60.0))
+    """Calls in the last period of the rate limit (what progress and summary show)."""
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def calls_per_minute(self) -> float:
+        """The average over the whole session: not a count in any window (see ``window``)."""
+        return self.calls / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
+
+    def note_call(self, at: float) -> None:
+        """One call (retries too), made at ``at`` on ``time.monotonic()``'s clock."""
+        self.calls += 1
+        self.window.note(at)
+
+    def count(self, state: str, n: int = 1) -> None:
+        self.by_state[state] = self.by_state.get(state, 0) + n

@@ -8,8 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from llmtasks._pace import progress_pace
-from llmtasks._submit import RunStats
+from llmtasks._pace import RunStats, progress_pace
 from llmtasks._words import count
 
 

@@ -23,11 +23,11 @@ from typing import Final
 
 import orjson
 
+from llmtasks._batching import prompt_digest
 from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._errors import AuthError, ServiceError
 from llmtasks._ledger import Ledger, LineRef
 from llmtasks._receipt import Receipt
-from llmtasks._submit import prompt_digest
 from llmtasks._throttle import RetryPolicy, Throttle, local_throttle
 from llmtasks._transport import Reply
 from llmtasks._wire import IdListItem, IdListMetadata, id_list_items, ready_items

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import (
@@ -20,7 +19,6 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,8 +30,8 @@ from llmtasks._account import (
     AccountUnavailable,
     read_account,
 )
-from llmtasks._batching import Batch, chunked
-from llmtasks._client import AccountClient, Request
+from llmtasks._batching import Batch, chunked, prompt_digest
+from llmtasks._client import AccountClient, BaseTransport, Request
 from llmtasks._decode import Completer, InputLine, decode_record
 from llmtasks._errors import (
     ConfigError,
@@ -45,7 +43,7 @@ from llmtasks._ledger import Ledger
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._lines import record_digest
 from llmtasks._models import ModelList, default_cache_dir, load_models
-from llmtasks._pace import CallWindow
+from llmtasks._pace import CallWindow, RunStats
 from llmtasks._receipt import Receipt, State
 from llmtasks._replies import post_receipts
 from llmtasks._rules import TaskRules
@@ -75,46 +73,6 @@ log = logging.getLogger("llmtasks")
 DEFAULT_MAX_TASK_COST_USD: Final = 0.0102
 
 
-def prompt_digest(prompt: str) -> bytes:
-    return hashlib.blake2b(prompt.encode(), digest_size=8).digest()
-
-
-@dataclass
-class RunStats:
-    """Counters of one session (one ``submit`` invocation)."""
-
-    started: float = field(default_factory=time.monotonic)
-    lines_read: int = 0
-    already_done: int = 0
-    calls: int = 0
-    retries: int = 0
-    cost_usd: float = 0.0
-    reserved_usd: float = 0.0
-    """The worst case of the calls in flight (``--max-cost-usd``); shared, with the other
-    counters, by the engines of a fan-out."""
-    by_state: dict[str, int] = field(default_factory=dict)
-    ended: float | None = None
-    window: CallWindow = field(default_factory=lambda: CallWindow(limit=2000, period_s=60.0))
-    """Calls in the last period of the rate limit (what progress and summary show)."""
-
-    @property
-    def elapsed_s(self) -> float:
-        return (self.ended or time.monotonic()) - self.started
-
-    @property
-    def calls_per_minute(self) -> float:
-        """The average over the whole session: not a count in any window (see ``window``)."""
-        return self.calls / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
-
-    def note_call(self, at: float) -> None:
-        """One call (retries too), made at ``at`` on ``time.monotonic()``'s clock."""
-        self.calls += 1
-        self.window.note(at)
-
-    def count(self, state: str, n: int = 1) -> None:
-        self.by_state[state] = self.by_state.get(state, 0) + n
-
-
 _encode_task = msgspec.json.Encoder().encode
 _encode_str = msgspec.json.Encoder().encode
 
@@ -132,8 +90,8 @@ class Submitter:
     def __init__(
         self,
         *,
-        login: str,
-        password: str,
+        login: str = "",
+        password: str = "",
         engine: str = "chat_gpt",
         base_url: str = DEFAULT_BASE_URL,
         rate: int | None = None,
@@ -157,9 +115,12 @@ class Submitter:
         throttle: Throttle | None = None,
         shard: tuple[int, int] | None = None,
         models_cache_dir: str | None = None,
+        transport: BaseTransport | None = None,
     ) -> None:
         """``rate`` None: the account's own task_post limit once ``preflight()`` has read it
-        (user_data), else the documented 2000 per ``period_s``."""
+        (user_data), else the documented 2000 per ``period_s``. ``transport``: what sends
+        the calls instead of the aiohttp one built from ``login``, ``password`` and
+        ``base_url`` (which are then unused); it stays the caller's to open and close."""
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         if not 1 <= batch_size <= MAX_TASKS_PER_POST:
@@ -173,17 +134,20 @@ class Submitter:
         self.rate_given = rate is not None
         self._concurrency_arg = concurrency
         self._margin_s = margin_s
-        self.transport = Transport(
-            base_url=base_url,
-            login=login,
-            password=password,
-            timeout_s=timeout_s,
-            # The account's limit may raise the concurrency later (see _set_rate); the gate,
-            # not the connection pool, is what holds calls to it.
-            max_connections=concurrency
-            or (default_concurrency(rate, period_s) if rate is not None else 30),
-            allow_insecure=allow_insecure,
-        )
+        self._own_transport: Transport | None = None
+        if transport is None:
+            transport = self._own_transport = Transport(
+                base_url=base_url,
+                login=login,
+                password=password,
+                timeout_s=timeout_s,
+                # The account's limit may raise the concurrency later (see _set_rate); the
+                # gate, not the connection pool, is what holds calls to it.
+                max_connections=concurrency
+                or (default_concurrency(rate, period_s) if rate is not None else 30),
+                allow_insecure=allow_insecure,
+            )
+        self.transport: BaseTransport = transport
         self.retry = RetryPolicy(
             max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
@@ -271,7 +235,8 @@ class Submitter:
         # Half the slots' worth written ahead: measured at 30 in flight and 0.2 s, 4 left
         # slots idle more often than 16 (28.3-28.9 vs 29.1-29.4 in flight on average).
         self._writer.start(ahead=max(2, self.concurrency // 2))
-        await self.transport.__aenter__()
+        if self._own_transport is not None:
+            await self._own_transport.__aenter__()
         return self
 
     async def _drain(self) -> None:
@@ -300,7 +265,8 @@ class Submitter:
             await self._drain()
         finally:
             try:
-                await self.transport.__aexit__()
+                if self._own_transport is not None:
+                    await self._own_transport.__aexit__()
             finally:
                 try:
                     if self._writer is not None:

@@ -171,7 +171,10 @@ class MemoryTransport:
     def __init__(
         self,
         replies: Iterable[Reply] | Callable[[str, str, bytes | None], Reply],
+        *,
+        base_url: str = "memory:",
     ) -> None:
+        self.base_url = base_url
         self._answer = replies if callable(replies) else None
         self._replies = iter(()) if callable(replies) else iter(replies)
         self.requests: list[tuple[str, str, bytes | None]] = []

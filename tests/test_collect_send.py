@@ -16,7 +16,7 @@ from llmtasks._collect import Collector
 from llmtasks._ledger import Ledger
 from llmtasks._results_file import Result
 from llmtasks._transport import MemoryTransport, Reply, classify
-from tests.test_submit_send import created
+from tests.test_submit_send import Borrowed, created
 
 LOST = Reply("unknown", None, None, "connection lost")
 REFUSED = Reply("auth", 401, 40100, "Unauthorized.")
@@ -26,8 +26,12 @@ BASE = "/v3/ai_optimization/chat_gpt/llm_responses"
 async def _ledger(path: Path, n: int) -> list[str]:
     """A ledger of ``n`` created tasks; their ids."""
     ledger = Ledger.open(str(path), input_name="t", engine="chat_gpt")
-    sub = Submitter(login="l", password="p", default_model="gpt-4o", ledger=ledger, rate=6000)
-    sub.client.transport = MemoryTransport(lambda m, p, body: created(body))
+    sub = Submitter(
+        default_model="gpt-4o",
+        ledger=ledger,
+        rate=6000,
+        transport=MemoryTransport(lambda m, p, body: created(body)),
+    )
     async with sub:
         await sub.load_models(offline=True)
         got = [r async for r in sub.submit({"user_prompt": f"p{i}"} for i in range(n))]
@@ -67,15 +71,13 @@ async def collect(
     path: Path, service: Service, **kw: Any
 ) -> tuple[list[Result], Collector, Exception | None]:
     c = Collector(
-        login="l",
-        password="p",
         ledger=str(path),
         backoff_s=0.001,
         max_backoff_s=0.001,
         tasks_ready_rate=6000,
+        transport=kw.pop("transport", None) or MemoryTransport(service),
         **kw,
     )
-    c.client.transport = MemoryTransport(service)
     results: list[Result] = []
     error: Exception | None = None
     async with c:
@@ -104,6 +106,20 @@ async def test_a_ready_task_is_fetched_once(one: Callable[[], Any]) -> None:
     assert error is None and service.calls == ["tasks_ready", f"task_get/{tid}"]
     assert [(r.task_id, r.ok, r.result) for r in results] == [(tid, True, [{"a": 1}])]
     assert (c.stats.polls, c.stats.calls, c.stats.retries) == (1, 1, 0)
+
+
+async def test_a_given_transport_carries_every_call_and_stays_the_callers(
+    one: Callable[[], Any],
+) -> None:
+    path, tid = await one()
+    service = Service([ready([tid])], {tid: [got(tid)]})
+    transport = Borrowed(service)  # fails if the Collector opens or closes it
+    results, c, error = await collect(path, service, transport=transport)
+    assert error is None and c.transport is transport and [r.task_id for r in results] == [tid]
+    assert [p.rsplit("/", 2)[-2:] for _, p, _ in transport.requests] == [
+        ["llm_responses", "tasks_ready"],
+        ["task_get", tid],
+    ]
 
 
 async def test_lost_replies_of_reads_are_asked_again(one: Callable[[], Any]) -> None:

@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from llmtasks import AuthError, Receipt, ServiceError, Submitter
+from llmtasks._batching import prompt_digest
 from llmtasks._ledger import Ledger
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._reconcile import (
@@ -40,8 +41,7 @@ from llmtasks._reconcile import (
     reconcile,
     service_clock,
 )
-from llmtasks._submit import prompt_digest
-from llmtasks._throttle import LocalThrottle, RetryPolicy
+from llmtasks._throttle import LocalThrottle, RetryPolicy, local_throttle
 from llmtasks._transport import Reply, Transport, classify
 from llmtasks._wire import id_list_items
 from llmtasks.emulator import DEFAULT_LOGIN, DEFAULT_PASSWORD, Emulator, EmulatorConfig
@@ -885,38 +885,29 @@ async def test_without_a_fleet_id_list_and_tasks_ready_keep_their_documented_lim
 ) -> None:
     import llmtasks._reconcile as rec
 
-    made: list[tuple[str, dict[str, Any]]] = []
+    built: list[LocalThrottle] = []
 
-    class Bucket(RateLimiter):
-        def __init__(self, **kw: Any) -> None:
-            made.append(("bucket", kw))
-            super().__init__(**kw)
+    def recording(*args: Any, **kw: Any) -> LocalThrottle:
+        built.append(local_throttle(*args, **kw))
+        return built[-1]
 
-    class Gate(ConcurrencyGate):
-        def __init__(self, **kw: Any) -> None:
-            made.append(("gate", kw))
-            super().__init__(**kw)
-
-    monkeypatch.setattr(rec, "RateLimiter", Bucket)
-    monkeypatch.setattr(rec, "ConcurrencyGate", Gate)
+    monkeypatch.setattr(rec, "local_throttle", recording)
     path = tmp_path / "run.sqlite"
     await _lost_replies(emu, path, ["a", "b"])
     async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:  # so tasks_ready is asked
         await _reconcile(path, empty, min_age_s=0)
-    # id_list: 10 calls a minute; tasks_ready: 20, one at a time, never in a burst.
-    assert made == [
-        ("bucket", {"rate": 10, "period_s": 60.0}),
-        ("gate", {"limit": 1}),
-        ("bucket", {"rate": 20, "period_s": 60.0, "burst": 1}),
-        ("gate", {"limit": 1}),
+    # id_list: 10 calls a minute; tasks_ready: 20; each one at a time, never in a burst.
+    assert [(t.limiter.rate, t.limiter.period_s, t.limiter.burst, t.gate.limit) for t in built] == [
+        (10, 60.0, 1, 1),
+        (20, 60.0, 1, 1),
     ]
     # A limit set below what a bucket can hold is held at 2 a minute.
-    made.clear()
+    built.clear()
     path = tmp_path / "two.sqlite"
     await _lost_replies(emu, path, ["c"])
     async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:
         await _reconcile(path, empty, min_age_s=0, id_list_rate=1, tasks_ready_rate=1)
-    assert [kw["rate"] for what, kw in made if what == "bucket"] == [2, 2]
+    assert [t.limiter.rate for t in built] == [2, 2]
 
 
 async def test_throttles_learn_of_each_reply_with_its_admission_time(

@@ -30,14 +30,15 @@ import pytest
 from aiohttp import web
 
 from llmtasks import AuthError, ConfigError, FundsError, InputError, Receipt, Submitter, Task
+from llmtasks._batching import prompt_digest
 from llmtasks._decode import InputLine
 from llmtasks._errors import ServiceError
 from llmtasks._ledger import Ledger
 from llmtasks._ledger_writer import LedgerWriteError, LedgerWriter
 from llmtasks._lines import record_digest
+from llmtasks._pace import RunStats
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
 from llmtasks._replies import _field_of
-from llmtasks._submit import RunStats, prompt_digest
 from llmtasks._task import ENGINES
 from llmtasks._throttle import LocalThrottle, RetryPolicy, Throttle
 from llmtasks._transport import Reply

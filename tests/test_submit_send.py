@@ -1,5 +1,6 @@
-"""Submit's send step in-process: ``Submitter`` with its client's transport in memory, so
-each reply the service could give is given exactly once, without a network."""
+"""Submit's send step in-process: ``Submitter`` given a transport in memory
+(``transport=``), so each reply the service could give is given exactly once, without a
+network."""
 
 from __future__ import annotations
 
@@ -70,9 +71,12 @@ async def run(
     ledger = Ledger.open(":memory:", input_name="t", engine="chat_gpt")
     options: dict[str, Any] = {"backoff_s": 0.001, "max_backoff_s": 0.001, **kw}
     sub = Submitter(
-        login="l", password="p", default_model="gpt-4o", ledger=ledger, rate=6000, **options
+        default_model="gpt-4o",
+        ledger=ledger,
+        rate=6000,
+        transport=MemoryTransport(script),
+        **options,
     )
-    sub.client.transport = MemoryTransport(script)
     told = Told()
     sub.throttle = told
     got: list[Receipt] = []
@@ -148,36 +152,30 @@ async def test_a_budget_that_cannot_cover_a_post_sends_nothing() -> None:
     assert {r.reason for r in got} == {"not sent: --max-cost-usd reached"}
 
 
-def _slow_retrying(posts: list[bytes | None]) -> Submitter:
-    ledger = Ledger.open(":memory:", input_name="t", engine="chat_gpt")
-    sub = Submitter(
-        login="l",
-        password="p",
-        default_model="gpt-4o",
-        ledger=ledger,
-        rate=6000,
-        backoff_s=60.0,
-        max_backoff_s=60.0,
-    )
+def _slow_retrying(posts: list[bytes | None], *, stop_first: bool = False) -> Submitter:
+    """Every POST answered 40202, whose backoff is a minute; ``stop_first``: Ctrl-C while
+    the call is out (its 40202 would then wait that minute)."""
 
     def answer(method: str, path: str, body: bytes | None) -> Reply:
+        if stop_first:
+            sub.stop()
         posts.append(body)
         return LIMITED
 
-    sub.client.transport = MemoryTransport(answer)
+    sub = Submitter(
+        default_model="gpt-4o",
+        ledger=Ledger.open(":memory:", input_name="t", engine="chat_gpt"),
+        rate=6000,
+        backoff_s=60.0,
+        max_backoff_s=60.0,
+        transport=MemoryTransport(answer),
+    )
     return sub
 
 
 async def test_a_stop_while_a_call_is_out_records_its_reply_as_it_came() -> None:
     posts: list[bytes | None] = []
-    sub = _slow_retrying(posts)
-
-    def stop_then_answer(method: str, path: str, body: bytes | None) -> Reply:
-        sub.stop()  # Ctrl-C while the call is out; its 40202 would then wait a minute
-        posts.append(body)
-        return LIMITED
-
-    sub.client.transport = MemoryTransport(stop_then_answer)
+    sub = _slow_retrying(posts, stop_first=True)
     async with sub:
         await sub.load_models(offline=True)
         got = [r async for r in sub.submit([{"user_prompt": "a"}])]
@@ -199,3 +197,57 @@ async def test_a_stop_during_a_backoff_cuts_it_short() -> None:
 
 async def _all(receipts: AsyncIterator[Receipt]) -> list[Receipt]:
     return [r async for r in receipts]
+
+
+class Borrowed(MemoryTransport):
+    """A transport its owner opens and closes: the Submitter must do neither."""
+
+    async def __aenter__(self) -> Borrowed:
+        raise AssertionError("the Submitter opened a transport it was given")
+
+    async def __aexit__(self, *exc: object) -> None:
+        raise AssertionError("the Submitter closed a transport it was given")
+
+
+def _service(method: str, path: str, body: bytes | None) -> Reply:
+    """user_data (task_post limit 600 a minute), the models list, and task_post."""
+    ok = {"status_code": 20000, "status_message": "Ok."}
+    if path == "/v3/appendix/user_data":
+        minute = {"total": 2000, "ai_optimization": {"llm_responses": {"task_post": 600}}}
+        result = {"money": {"balance": 5.0}, "rates": {"limits": {"minute": minute}}}
+        return classify(200, orjson.dumps({**ok, "tasks": [{**ok, "result": [result]}]}))
+    if path.endswith("/llm_responses/models"):
+        model = {"model_name": "gpt-4o", "reasoning": False, "web_search_supported": True}
+        result = [{**model, "task_post_supported": True}]
+        return classify(200, orjson.dumps({**ok, "tasks": [{**ok, "result": result}]}))
+    return created(body)
+
+
+async def test_a_given_transport_carries_every_call_and_stays_the_callers() -> None:
+    transport = Borrowed(_service)
+    sub = Submitter(
+        ledger=Ledger.open(":memory:", input_name="t", engine="chat_gpt"),
+        default_model="gpt-4o",
+        batch_size=2,
+        models_cache_dir="",
+        transport=transport,
+    )
+    assert sub.transport is transport
+    async with sub:
+        account = await sub.preflight(tasks_hint=3)
+        got = [r async for r in sub.submit({"user_prompt": f"p{i}"} for i in range(3))]
+    # The account check, the models list and two POSTs, all through it, in that order.
+    assert [(m, p.rsplit("/", 1)[1]) for m, p, _ in transport.requests] == [
+        ("GET", "user_data"),
+        ("GET", "models"),
+        ("POST", "task_post"),
+        ("POST", "task_post"),
+    ]
+    assert account is not None and account.balance_usd == 5.0
+    # The account's own limit became the rate; the list it gave checked the tasks.
+    assert sub.limiter.rate == 600 and sub.models is not None and sub.models.source == "service"
+    assert sorted((r.line, r.state, r.task_id == f"id-{r.tag}") for r in got) == [
+        (1, "created", True),
+        (2, "created", True),
+        (3, "created", True),
+    ]

@@ -13,11 +13,10 @@ from llmtasks._cmd_reconcile import reconcile_summary
 from llmtasks._collect import CollectStats
 from llmtasks._dry_run import dry_run_summary
 from llmtasks._models import ModelInfo, format_table
-from llmtasks._pace import CallWindow
+from llmtasks._pace import CallWindow, RunStats
 from llmtasks._receiver import ReceiveStats
 from llmtasks._reconcile import ReconcileReport
 from llmtasks._status import format_status
-from llmtasks._submit import RunStats
 from llmtasks._submit_run import submit_summary
 from llmtasks._words import count, verb
 
