@@ -8,13 +8,16 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import web
 
 from llmtasks._errors import AuthError, ConfigError, FundsError, ServiceError
+from llmtasks._models import load_models
 from llmtasks._transport import (
+    MemoryTransport,
     Reply,
     Transport,
     check_base_url,
@@ -279,6 +282,23 @@ def test_transport_defaults() -> None:
         base_url="http://example.com/", login="a", password="b", allow_insecure=True
     )
     assert insecure.base_url == "http://example.com"
+
+
+async def test_a_memory_transport_names_its_service_like_any_transport(tmp_path: Path) -> None:
+    """``base_url`` keys the models cache: a transport in memory has one of its own, so a
+    list it answered is read back from the cache, and never taken for another service's."""
+    models = {"model_name": "gpt-4o", "reasoning": False, "task_post_supported": True}
+    task = {"status_code": 20000, "result": [models]}
+    listed = classify(200, orjson.dumps({"status_code": 20000, "tasks": [task]}))
+    first = MemoryTransport([listed])
+    assert first.base_url == "memory:"
+    got = await load_models(first, "chat_gpt", cache_dir=tmp_path)
+    assert got.source == "service" and len(first.requests) == 1
+    again = MemoryTransport([])  # would fail if asked
+    assert (await load_models(again, "chat_gpt", cache_dir=tmp_path)).source == "cache"
+    other = MemoryTransport([listed], base_url="http://127.0.0.1:9")
+    assert other.base_url == "http://127.0.0.1:9"
+    assert (await load_models(other, "chat_gpt", cache_dir=tmp_path)).source == "service"
 
 
 def test_error_descriptions_are_one_short_line() -> None:
