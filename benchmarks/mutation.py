@@ -684,10 +684,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
     },
     (
-        "llmtasks._submit.x__field_of",
-        "return message[start + 1 : end] if 0 <= start <= end else None",
-    ): ("end is searched from start + 1: it is either past start or -1, never equal to it"),
-    (
         "llmtasks._submit.xǁSubmitterǁ_budget_allows",
         "return self.stats.cost_usd + self.stats.reserved_usd + worst < self.max_cost_usd + 1e-9",
     ): (
