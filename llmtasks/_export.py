@@ -29,7 +29,7 @@ from llmtasks._flatten import EMPTY, Flat, flatten
 from llmtasks._input import InputLine, detect_format, read_lines
 from llmtasks._ledger import CollectedRow, Ledger
 from llmtasks._llm_result import decode_result
-from llmtasks._outputs import _atomic
+from llmtasks._outputs import atomic_file
 from llmtasks._rules import TaskRules
 
 Kind = Literal["int", "float", "str", "text", "bool", "strlist", "datetime_text", "unix"]
@@ -338,7 +338,7 @@ def export_table(
         rows = citation_rows(ledger, warn)
         per_group = _CITATIONS_PER_GROUP
     try:
-        with _atomic(out) as raw:
+        with atomic_file(out) as raw:
             if fmt == "csv":
                 n = _write_csv(raw, columns, rows)
             elif fmt == "jsonl":

@@ -49,7 +49,7 @@ def write_jsonl(
     an earlier run is removed (the ledger, which these files are rebuilt from, no longer
     backs it)."""
     n = 0
-    with _atomic(path) as out:
+    with atomic_file(path) as out:
         buf: list[bytes] = []
         for receipt in ledger.receipts(states=states):
             buf.append(_encode(receipt))
@@ -68,7 +68,7 @@ def write_csv(
     path: str | os.PathLike[str], ledger: Ledger, *, states: set[str] | None = None
 ) -> int:
     n = 0
-    with _atomic(path) as raw:
+    with atomic_file(path) as raw:
         out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(out)
         # A fan-out ledger has one receipt per (line, engine): the engine is the 2nd column.
@@ -89,7 +89,9 @@ def _row(r: Receipt, fields: tuple[str, ...] = RECEIPT_FIELDS) -> tuple[object, 
 
 
 @contextlib.contextmanager
-def _atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file written in full or not at all (a temporary file renamed over ``path`` at the
+    end); ``-`` is stdout. Exports, reports and the files rebuilt here use it."""
     if os.fspath(path) == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()

@@ -374,8 +374,8 @@ def write_report(ledger: Ledger, out: str, *, limit_per_minute: float) -> RunFac
     _matplotlib()  # the missing extra is an error before anything is read
     facts = gather(ledger, limit_per_minute=limit_per_minute)
     page = render(facts)
-    from llmtasks._outputs import _atomic
+    from llmtasks._outputs import atomic_file
 
-    with _atomic(out) as f:
+    with atomic_file(out) as f:
         f.write(page.encode())
     return facts
