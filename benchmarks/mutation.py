@@ -412,8 +412,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "never taken"
         )
         for line in (
-            "ripe = [u for u in unknown if now - sent_at.get(u[3], None) >= min_age_s]",
-            "ripe = [u for u in unknown if now - sent_at.get(u[3], ) >= min_age_s]",
+            "ripe = [u for u in unknown if now - sent_at.get(u.batch_id, None) >= min_age_s]",
+            "ripe = [u for u in unknown if now - sent_at.get(u.batch_id, ) >= min_age_s]",
         )
     },
     **{
@@ -422,13 +422,18 @@ EQUIVALENT: dict[tuple[str, str], str] = {
             "old, a window starting exactly at the reach or the service's now)"
         )
         for line in (
-            "ripe = [u for u in unknown if now - sent_at.get(u[3], now) > min_age_s]",
-            "searchable = {b for b in {u[3] for u in ripe} if reach < sent_at[b] - skew_s <= "
-            "service_now}",
-            "searchable = {b for b in {u[3] for u in ripe} if reach <= sent_at[b] - skew_s < "
-            "service_now}",
+            "ripe = [u for u in unknown if now - sent_at.get(u.batch_id, now) > min_age_s]",
+            "b for b in {u.batch_id for u in ripe} if reach < sent_at[b] - skew_s <= service_now",
+            "b for b in {u.batch_id for u in ripe} if reach <= sent_at[b] - skew_s < service_now",
         )
     },
+    (
+        "llmtasks._reconcile.x__tasks_ready",
+        "lines = lines_by_tag.get(item.tag) if (item.tag is not None) or True else None",
+    ): (
+        "lines_by_tag holds only lines that have a tag: its get(None) is None, as the other "
+        "branch gives"
+    ),
     ("llmtasks._reconcile.x_reconcile", "report.calls = 1"): (
         "the count is 0 there: setting it to 1 and adding 1 are the same"
     ),

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Literal, NamedTuple, Protocol
 
+from llmtasks._errors import ConfigError
 from llmtasks._throttle import RetryPolicy, Throttle
 from llmtasks._transport import Reply
 
@@ -34,6 +35,14 @@ class BaseTransport(Protocol):
     async def get(self, path: str) -> Reply: ...
 
     async def post(self, path: str, body: bytes) -> Reply: ...
+
+
+def credentials(login: str | None, password: str | None) -> tuple[str, str]:
+    """The login and password that build a transport; without a transport of its own a
+    client needs both (empty strings are the caller's choice, as for an emulator)."""
+    if login is None or password is None:
+        raise ConfigError("login and password are required unless a transport is given")
+    return login, password
 
 
 class Request(NamedTuple):

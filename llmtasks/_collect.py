@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from llmtasks._client import AccountClient, BaseTransport, Request
+from llmtasks._client import AccountClient, BaseTransport, Request, credentials
 from llmtasks._errors import ConfigError, LlmtasksError
 from llmtasks._ledger import Ledger, ResultRow, TaskRef
 from llmtasks._ratelimit import ConcurrencyGate, RateLimiter
@@ -93,8 +93,8 @@ class Collector:
     def __init__(
         self,
         *,
-        login: str = "",
-        password: str = "",
+        login: str | None = None,
+        password: str | None = None,
         ledger: str | Ledger,
         base_url: str = DEFAULT_BASE_URL,
         engine: str | None = None,
@@ -130,6 +130,7 @@ class Collector:
         self._shared: tuple[Throttle | None, Throttle | None] = (throttle, ready_throttle)
         self._own_transport: Transport | None = None
         if transport is None:
+            login, password = credentials(login, password)
             transport = self._own_transport = Transport(
                 base_url=base_url,
                 login=login,

@@ -31,7 +31,7 @@ from llmtasks._account import (
     read_account,
 )
 from llmtasks._batching import Batch, chunked, prompt_digest
-from llmtasks._client import AccountClient, BaseTransport, Request
+from llmtasks._client import AccountClient, BaseTransport, Request, credentials
 from llmtasks._decode import Completer, InputLine, decode_record
 from llmtasks._errors import (
     ConfigError,
@@ -90,8 +90,8 @@ class Submitter:
     def __init__(
         self,
         *,
-        login: str = "",
-        password: str = "",
+        login: str | None = None,
+        password: str | None = None,
         engine: str = "chat_gpt",
         base_url: str = DEFAULT_BASE_URL,
         rate: int | None = None,
@@ -136,6 +136,7 @@ class Submitter:
         self._margin_s = margin_s
         self._own_transport: Transport | None = None
         if transport is None:
+            login, password = credentials(login, password)
             transport = self._own_transport = Transport(
                 base_url=base_url,
                 login=login,

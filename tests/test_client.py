@@ -10,7 +10,8 @@ from typing import Any, cast
 
 import pytest
 
-from llmtasks._client import AccountClient, Answer, Request
+from llmtasks._client import AccountClient, Answer, Request, credentials
+from llmtasks._errors import ConfigError
 from llmtasks._throttle import AUTH_GLITCH_RETRIES, RetryPolicy
 from llmtasks._transport import MemoryTransport, Reply, classify
 
@@ -73,6 +74,15 @@ def client(
         sleep=sleep,
     )
     return c, transport, slept
+
+
+def test_credentials_are_both_required_to_build_a_transport() -> None:
+    assert credentials("a", "b") == ("a", "b")
+    assert credentials("", "") == ("", "")  # an emulator's: the caller's choice
+    for login, password in ((None, "b"), ("a", None), (None, None)):
+        with pytest.raises(ConfigError) as info:
+            credentials(login, password)
+        assert str(info.value) == "login and password are required unless a transport is given"
 
 
 async def test_an_ok_reply_is_final_after_one_attempt() -> None:

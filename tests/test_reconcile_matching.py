@@ -908,6 +908,13 @@ async def test_without_a_fleet_id_list_and_tasks_ready_keep_their_documented_lim
     async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:
         await _reconcile(path, empty, min_age_s=0, id_list_rate=1, tasks_ready_rate=1)
     assert [t.limiter.rate for t in built] == [2, 2]
+    # More than a call a second still goes one call at a time (not the gate of the rate).
+    built.clear()
+    path = tmp_path / "fast.sqlite"
+    await _lost_replies(emu, path, ["d"])
+    async with Emulator(EmulatorConfig(id_list_rate=None)) as empty:
+        await _reconcile(path, empty, min_age_s=0, id_list_rate=120, tasks_ready_rate=120)
+    assert [(t.limiter.rate, t.gate.limit) for t in built] == [(120, 1), (120, 1)]
 
 
 async def test_throttles_learn_of_each_reply_with_its_admission_time(
@@ -1034,6 +1041,26 @@ async def test_malformed_tasks_ready_items_are_skipped(emu: Emulator, tmp_path: 
     finally:
         ledger.close()
     assert report.found == 1 and _states(path)[1].task_id == "ok"
+
+
+async def test_a_tasks_ready_answer_that_is_not_its_envelope_is_said_and_not_used(
+    emu: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmtasks")
+    path = tmp_path / "run.sqlite"
+    await _lost_replies(emu, path, ["a"])
+    _past_the_month(path)
+    # An envelope with status 20000 (so an "ok" reply) whose task's result is not a list.
+    task = {"id": "t", "status_code": 20000, "status_message": "Ok.", "result": "ready"}
+    body = orjson.dumps({"status_code": 20000, "status_message": "Ok.", "tasks": [task]})
+    ledger = Ledger.open_existing(path)
+    try:
+        async with _crafted(emu, {TASKS_READY: body}) as t:
+            report = await reconcile(ledger, t, min_age_s=0)
+    finally:
+        ledger.close()
+    assert report.found == 0 and [s.state for s in _states(path).values()] == ["unknown"]
+    assert "tasks_ready answered something unreadable; not used by reconcile" in caplog.messages
 
 
 async def test_a_tasks_ready_refusing_the_credentials_is_not_asked_again(

@@ -10,6 +10,7 @@ import pytest
 
 from llmtasks import FundsError, Receipt, Submitter, Task
 from llmtasks._ledger import Ledger
+from llmtasks._transport import MemoryTransport
 from llmtasks.emulator import Emulator, EmulatorConfig
 
 
@@ -129,6 +130,14 @@ def test_bad_configuration_is_refused_up_front() -> None:
     with pytest.raises(ConfigError) as info:
         Submitter(login="a", password="b", base_url="https://user:secret@example.com")
     assert "secret" not in str(info.value)
+    # Without a transport of its own to give, a Submitter needs both; empty ones are a
+    # choice (an emulator's), and a transport given needs neither.
+    for kw in ({}, {"login": "a"}, {"password": "b"}):
+        with pytest.raises(ConfigError) as info:
+            Submitter(**kw)  # type: ignore[arg-type]
+        assert str(info.value) == "login and password are required unless a transport is given"
+    assert Submitter(login="", password="").transport.base_url == "https://api.dataforseo.com"
+    assert Submitter(transport=MemoryTransport([])).transport.base_url == "memory:"
 
 
 def test_the_lock_file_goes_with_the_lock_and_a_stale_handle_cannot_take_it(
