@@ -176,7 +176,6 @@ class Collector:
         # task_get counts against the account's rate; tasks_ready has its own; both share
         # the account's cap on simultaneous calls.
         ready = local_throttle(self._tasks_ready_rate, 60.0, burst=1, gate=local.gate)
-        self.ready_limiter = ready.limiter
         self._local = (local, ready)
         self.share(*self._shared)
 
