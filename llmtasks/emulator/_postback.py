@@ -49,8 +49,9 @@ class Delivery(msgspec.Struct, frozen=True):
 
 def push_url(task: CreatedTask) -> tuple[Literal["postback", "pingback"], str] | None:
     """The delivery a task asked for (a postback wins over a pingback), or None."""
+    data = task.data
     for kind, key in (("postback", "postback_url"), ("pingback", "pingback_url")):
-        url = task.data.get(key)
+        url = data.get(key)
         if isinstance(url, str) and url:
             return kind, url  # type: ignore[return-value]
     return None

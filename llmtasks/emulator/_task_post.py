@@ -147,7 +147,7 @@ class TaskPost:
             user_prompt=task.user_prompt,
             model_name=task.model_name,
             posted_at=wall,
-            data=_ANY.decode(data),
+            data_raw=data,
             cost_usd=cfg.task_cost_usd,
             failed=failed,
         )

@@ -84,9 +84,10 @@ class TaskQueries:
         se = task.engine
         path = w.path_of(w.API, se, w.FUNCTION, "task_get", task.id)
         elapsed = w.seconds(time.perf_counter() - started)
+        data = task.data
         if task.failed:
             code, message = w.TASK_FAILED
-            out = w.TaskOut(task.id, code, message, elapsed, 0.0, 0, path, task.data, None)
+            out = w.TaskOut(task.id, code, message, elapsed, 0.0, 0, path, data, None)
             return w.envelope(w.OK, started, [out], 0.0)
         family = RESOLVE[se][task.model_name]
         result = llm_result(
@@ -94,12 +95,12 @@ class TaskQueries:
             model_name=family.dated,
             user_prompt=task.user_prompt,
             done_unix=service.clock.wall(done_mono),
-            web_search=task.data.get("web_search") is True,
-            reasoning=reasons(se, family, task.data),
+            web_search=data.get("web_search") is True,
+            reasoning=reasons(se, family, data),
             cost_usd=task.cost_usd,
             seed=service.config.seed,
         )
-        out = w.TaskOut(task.id, 20000, "Ok.", elapsed, task.cost_usd, 1, path, task.data, [result])
+        out = w.TaskOut(task.id, 20000, "Ok.", elapsed, task.cost_usd, 1, path, data, [result])
         return w.envelope(w.OK, started, [out], task.cost_usd)
 
     def push_body(self, index: int) -> bytes:
