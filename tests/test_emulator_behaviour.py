@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from llmtasks.emulator import CallRecord, Emulator, EmulatorConfig
+from llmtasks.emulator._gate import answer_delay_s
 
 AUTH = {"Authorization": aiohttp.encode_basic_auth("login", "password")}
 LLM = "/v3/ai_optimization/{se}/llm_responses"
@@ -354,6 +355,14 @@ async def test_latency_delays_every_answer(http: aiohttp.ClientSession) -> None:
             started = time.monotonic()
             await call(http, emu, method, path, [OK_TASK] if method == "POST" else None)
             assert time.monotonic() - started >= 0.2
+
+
+def test_latency_counts_from_the_calls_arrival() -> None:
+    # The service's latency is the time it takes to answer, its own work included: what the
+    # emulator spent on a call (a 100-task body takes a millisecond or more) is not added.
+    assert answer_delay_s(arrived_at=10.0, latency_s=0.4, now=10.0) == pytest.approx(0.4)
+    assert answer_delay_s(arrived_at=10.0, latency_s=0.4, now=10.3) == pytest.approx(0.1)
+    assert answer_delay_s(arrived_at=10.0, latency_s=0.4, now=10.5) == 0.0
 
 
 async def test_spurious_401_with_right_credentials(http: aiohttp.ClientSession) -> None:

@@ -90,7 +90,10 @@ def register(subparsers: Any) -> None:
         "--latency-ms",
         type=float,
         default=d.latency_ms,
-        help="added before every API answer (default 0)",
+        help=(
+            "every API call is answered this long after it arrived, the emulator's own "
+            "work on it included (default 0)"
+        ),
     )
     p.add_argument(
         "--fail-rate",
