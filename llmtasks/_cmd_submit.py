@@ -33,11 +33,11 @@ from llmtasks._fanout import submit_fanout
 from llmtasks._submit_run import (
     count_lines,
     on_signal,
-    quick_switching,
     silent,
     submit_summary,
     submitter_from_args,
     task_post_throttle,
+    tuned_for_a_run,
 )
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return dry_run(args)
     credentials = ("", "") if args.emulate else read_credentials(args)
     check_input(args.input)
-    with quick_switching():
+    with tuned_for_a_run():
         return asyncio.run(_submit(args, credentials))
 
 

@@ -30,7 +30,10 @@ INT_FIELDS: Final = frozenset({"max_output_tokens"})
 _SHAPES: Final = 4096
 
 
-class InputLine(msgspec.Struct, frozen=True):
+# One per input line, alive from reading to batching; holding a Task, it would be tracked
+# by the cyclic GC (msgspec leaves only all-atomic Structs out), and those allocations
+# alone set off most of a run's collections. It cannot be part of a cycle.
+class InputLine(msgspec.Struct, frozen=True, gc=False):
     """What became of one input record. Exactly one of: a task, a rejection, a skip."""
 
     line: int

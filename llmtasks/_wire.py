@@ -32,7 +32,9 @@ class TaskData(msgspec.Struct, frozen=True):
     tag: str | None = None
 
 
-class TaskReply(msgspec.Struct, frozen=True):
+# One per task sent; it holds a TaskData, so msgspec would leave it to the cyclic GC,
+# and these allocations set off a collection every few calls. It cannot be in a cycle.
+class TaskReply(msgspec.Struct, frozen=True, gc=False):
     status_code: int
     id: str | None = None
     status_message: str = ""

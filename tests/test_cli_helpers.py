@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -9,7 +10,12 @@ import pytest
 
 from llmtasks._cli import main
 from llmtasks._cmd_submit import _shard
-from llmtasks._submit_run import SWITCH_INTERVAL_S, count_lines, quick_switching
+from llmtasks._submit_run import (
+    GC_YOUNG_THRESHOLD,
+    SWITCH_INTERVAL_S,
+    count_lines,
+    tuned_for_a_run,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,10 +48,27 @@ def test_version_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
 
 
-def test_a_run_switches_threads_quickly_and_sets_it_back() -> None:
+def test_a_run_tunes_the_interpreter_and_sets_it_back() -> None:
     before = sys.getswitchinterval()
-    assert before > SWITCH_INTERVAL_S
-    with pytest.raises(RuntimeError), quick_switching():
+    thresholds = gc.get_threshold()
+    assert before > SWITCH_INTERVAL_S and thresholds[0] < GC_YOUNG_THRESHOLD
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), tuned_for_a_run():
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *thresholds[1:])
+        assert gc.get_freeze_count() > 0
         raise RuntimeError
     assert sys.getswitchinterval() == before
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_run_leaves_someone_elses_frozen_objects_frozen() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with tuned_for_a_run():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

@@ -874,3 +874,25 @@ def test_json_errors_in_words_with_the_byte_offset(tmp_path: Path, raw: bytes, r
 def test_an_escaped_backslash_is_not_a_surrogate_escape(tmp_path: Path) -> None:
     (got,) = read(write(tmp_path, "in.jsonl", b'{"user_prompt": "\\\\ud800", "model_name": "m"}'))
     assert got.task is not None and got.task.user_prompt == "\\ud800"
+
+
+def test_lines_and_the_replies_to_them_are_left_out_of_the_cyclic_gc(tmp_path: Path) -> None:
+    # One InputLine and one TaskReply per task: msgspec tracks a Struct that holds another
+    # Struct, and these two alone set off most of a run's collections. Neither can be in a
+    # cycle, so they are built untracked.
+    from llmtasks._wire import decode_envelope
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        '{"user_prompt": "a", "model_name": "gpt-4.1-mini",'
+        ' "message_chain": [{"role": "user", "message": "hi"}]}\n'
+    )
+    [line] = list(read_lines(str(src), default_model=None))
+    assert line.task is not None and line.task.message_chain
+    assert not gc.is_tracked(line)
+    env = decode_envelope(
+        b'{"status_code": 20000, "tasks": [{"status_code": 20100, "id": "x",'
+        b' "data": {"tag": "t"}}]}'
+    )
+    assert env.tasks is not None and env.tasks[0].data is not None
+    assert env.tasks[0].data.tag == "t" and not gc.is_tracked(env.tasks[0])
