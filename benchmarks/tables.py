@@ -207,12 +207,24 @@ def t_throughput(res: Path) -> str:
     lt = r["clients"]["llmtasks"]
     a, b = lt["marginal_between_tasks"]
     ceiling = r["emulator_ceiling"]["tasks_per_s"]
+    bound = ""
+    if "cpu_bound" in r:
+        cb = r["cpu_bound"]
+        bound = (
+            f" The llmtasks run and the emulator serving it spent {cb['client_cpu_s']:.2f} s "
+            f"and {cb['emulator_cpu_s']:.2f} s of CPU: on {cb['cpus']} cores that run could "
+            f"not have taken less than {cb['fewest_seconds']:.2f} s, so at this CPU per task "
+            f"the ratio to raw aiohttp cannot exceed **{cb['best_ratio_vs_raw_aiohttp']:.2f}** "
+            "here, however the work were spread."
+        )
     return (
         "\n".join(out)
         + f"\n\nRatios: {ratios}. {_n(r['tasks'])} tasks, {r['concurrency']} calls in flight; "
         f"llmtasks peak RSS {lt['max_rss_mb']:.1f} MB; one-line run "
         f"{lt['fixed_cost_one_line']['cpu_s']:.2f} s of CPU; margin between {_n(a)} and "
-        f"{_n(b)} tasks. The emulator's own ceiling in this run: {_n(ceiling)} tasks/s.\n\n"
+        f"{_n(b)} tasks. The emulator's own ceiling in this run: {_n(ceiling)} tasks/s."
+        + bound
+        + "\n\n"
         + provenance(r)
     )
 
