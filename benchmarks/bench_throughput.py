@@ -14,7 +14,10 @@ the same emulator, each in its own process so its CPU time is its own:
 
 Then llmtasks runs again under cProfile and the top functions are listed.
 
-    python benchmarks/bench_throughput.py [--quick] [--tasks N] [--concurrency C]
+Every client runs ``--rounds`` times, in turn (llmtasks, raw, official, llmtasks, ...), and
+each figure is that client's median round.
+
+    python benchmarks/bench_throughput.py [--quick] [--tasks N] [--concurrency C] [--rounds R]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import pstats
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,6 +170,12 @@ def profile_top(path: Path, n: int) -> list[str]:
     return out
 
 
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda x: float(x[key]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def per_task(cpu_s: float, tasks: int) -> float:
     return round(cpu_s / tasks * 1e6, 2) if tasks else 0.0
 
@@ -175,6 +185,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--tasks", type=int, help="tasks per client (default 300000; quick 3000)")
     parser.add_argument("--concurrency", type=int, default=30)
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of every client in turn (default 3; quick 1)"
+    )
     parser.add_argument("--no-official", action="store_true", help="skip dataforseo-client")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     parser.add_argument("--worker", choices=("raw", "official"), help=argparse.SUPPRESS)
@@ -188,7 +201,13 @@ def main() -> int:
 
     n = args.tasks or (3000 if args.quick else 300_000)
     conc = args.concurrency
-    result: dict[str, Any] = {"tasks": n, "concurrency": conc, "tasks_per_call": 100}
+    rounds = args.rounds or (1 if args.quick else 3)
+    result: dict[str, Any] = {
+        "tasks": n,
+        "concurrency": conc,
+        "tasks_per_call": 100,
+        "rounds": rounds,
+    }
     with tempfile.TemporaryDirectory(prefix="llmtasks-bench-") as tmp:
         work = Path(tmp)
         inp = c.write_input(work / "input.jsonl", n)
@@ -208,18 +227,41 @@ def main() -> int:
             # Fixed cost of one command (interpreter, imports, ledger set-up), for the marginal
             # per-task figure.
             fixed = llmtasks_run(one, "one")
-            # The margin: CPU of the full run minus that of a tenth of it, per extra task.
-            small = llmtasks_run(small_inp, "small")
-            e0 = emu.cpu_s()
-            r = llmtasks_run(inp, "main")
-            emu_cpu = emu.cpu_s() - e0
-            if r["exit"] != 0:
-                raise SystemExit(f"llmtasks submit failed ({r['exit']}):\n{r['stderr']}")
+            kinds = ["raw"] + ([] if args.no_official else ["official"])
+            # Rounds of every client in turn, each figure the median of its rounds: on shared
+            # cores the machine's speed drifts within minutes, and a client measured only
+            # before or after a slow spell would be compared with the others unfairly.
+            runs: dict[str, list[dict[str, Any]]] = {"llmtasks": [], "small": []}
+            for kind in kinds:
+                runs[kind] = []
+            for i in range(rounds):
+                # The margin: CPU of the full run minus that of a tenth of it, per extra task.
+                runs["small"].append(llmtasks_run(small_inp, f"small{i}"))
+                e0 = emu.cpu_s()
+                r = llmtasks_run(inp, f"main{i}")
+                r["emulator_cpu_s"] = emu.cpu_s() - e0
+                if r["exit"] != 0:
+                    raise SystemExit(f"llmtasks submit failed ({r['exit']}):\n{r['stderr']}")
+                runs["llmtasks"].append(r)
+                for kind in kinds:
+                    e0 = emu.cpu_s()
+                    w = run_worker(kind, emu.url, inp, conc)
+                    w["emulator_cpu_s"] = emu.cpu_s() - e0
+                    if w["created"] != n or w["errors"]:
+                        raise SystemExit(
+                            f"{kind}: created {w['created']} of {n}, {w['errors']} errors"
+                        )
+                    runs[kind].append(w)
+            r = median_run(runs["llmtasks"], "wall_s")
+            small = median_run(runs["small"], "cpu_s")
             clients["llmtasks"] = {
                 "seconds": round(r["wall_s"], 3),
                 "tasks_per_s": round(n / r["wall_s"], 1),
                 "cpu_us_per_task": per_task(r["cpu_s"], n),
-                "cpu_us_per_task_marginal": per_task(r["cpu_s"] - small["cpu_s"], n - n_small),
+                "cpu_us_per_task_marginal": per_task(
+                    statistics.median(x["cpu_s"] for x in runs["llmtasks"]) - small["cpu_s"],
+                    n - n_small,
+                ),
                 "marginal_between_tasks": [n_small, n],
                 "cpu_us_per_task_over_one_line": per_task(r["cpu_s"] - fixed["cpu_s"], n - 1),
                 "user_s": round(r["user_s"], 3),
@@ -229,22 +271,19 @@ def main() -> int:
                     "cpu_s": round(fixed["cpu_s"], 3),
                 },
                 "max_rss_mb": round(r["max_rss_mb"], 1),
-                "emulator_cpu_us_per_task": per_task(emu_cpu, n),
+                "emulator_cpu_us_per_task": per_task(r["emulator_cpu_s"], n),
+                "rounds_seconds": [round(x["wall_s"], 3) for x in runs["llmtasks"]],
                 "summary": r["stderr"].strip().splitlines(),
             }
-            kinds = ["raw"] + ([] if args.no_official else ["official"])
             for kind in kinds:
-                e0 = emu.cpu_s()
-                w = run_worker(kind, emu.url, inp, conc)
-                emu_cpu = emu.cpu_s() - e0
-                if w["created"] != n or w["errors"]:
-                    raise SystemExit(f"{kind}: created {w['created']} of {n}, {w['errors']} errors")
+                w = median_run(runs[kind], "seconds")
                 clients["raw_aiohttp" if kind == "raw" else "dataforseo_client"] = {
                     "seconds": round(w["seconds"], 3),
                     "tasks_per_s": round(n / w["seconds"], 1),
                     "cpu_us_per_task": per_task(w["cpu_s"], n),
                     "process_seconds": round(w["process_wall_s"], 3),
-                    "emulator_cpu_us_per_task": per_task(emu_cpu, n),
+                    "emulator_cpu_us_per_task": per_task(w["emulator_cpu_s"], n),
+                    "rounds_seconds": [round(x["seconds"], 3) for x in runs[kind]],
                 }
             result["clients"] = clients
             ours = clients["llmtasks"]["tasks_per_s"]
@@ -261,7 +300,7 @@ def main() -> int:
             # on it, divided by the cores. That bounds the ratio for this much CPU per task.
             cpus = os.cpu_count() or 1
             lt_cpu = r["cpu_s"]
-            emu_lt_cpu = clients["llmtasks"]["emulator_cpu_us_per_task"] * n / 1e6
+            emu_lt_cpu = r["emulator_cpu_s"]
             floor_s = (lt_cpu + emu_lt_cpu) / cpus
             result["cpu_bound"] = {
                 "cpus": cpus,

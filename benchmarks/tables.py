@@ -219,7 +219,9 @@ def t_throughput(res: Path) -> str:
         )
     return (
         "\n".join(out)
-        + f"\n\nRatios: {ratios}. {_n(r['tasks'])} tasks, {r['concurrency']} calls in flight; "
+        + f"\n\nRatios: {ratios}. {_n(r['tasks'])} tasks, {r['concurrency']} calls in flight"
+        + (f", each figure the median of {r['rounds']} rounds" if r.get("rounds", 1) > 1 else "")
+        + "; "
         f"llmtasks peak RSS {lt['max_rss_mb']:.1f} MB; one-line run "
         f"{lt['fixed_cost_one_line']['cpu_s']:.2f} s of CPU; margin between {_n(a)} and "
         f"{_n(b)} tasks. The emulator's own ceiling in this run: {_n(ceiling)} tasks/s."
