@@ -231,9 +231,7 @@ def main() -> int:
             # Rounds of every client in turn, each figure the median of its rounds: on shared
             # cores the machine's speed drifts within minutes, and a client measured only
             # before or after a slow spell would be compared with the others unfairly.
-            runs: dict[str, list[dict[str, Any]]] = {"llmtasks": [], "small": []}
-            for kind in kinds:
-                runs[kind] = []
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("llmtasks", "small", *kinds)}
             for i in range(rounds):
                 # The margin: CPU of the full run minus that of a tenth of it, per extra task.
                 runs["small"].append(llmtasks_run(small_inp, f"small{i}"))
@@ -299,13 +297,11 @@ def main() -> int:
             # cores, the llmtasks run could not end before the CPU it and the emulator spent
             # on it, divided by the cores. That bounds the ratio for this much CPU per task.
             cpus = os.cpu_count() or 1
-            lt_cpu = r["cpu_s"]
-            emu_lt_cpu = r["emulator_cpu_s"]
-            floor_s = (lt_cpu + emu_lt_cpu) / cpus
+            floor_s = (r["cpu_s"] + r["emulator_cpu_s"]) / cpus
             result["cpu_bound"] = {
                 "cpus": cpus,
-                "client_cpu_s": round(lt_cpu, 3),
-                "emulator_cpu_s": round(emu_lt_cpu, 3),
+                "client_cpu_s": round(r["cpu_s"], 3),
+                "emulator_cpu_s": round(r["emulator_cpu_s"], 3),
                 "fewest_seconds": round(floor_s, 3),
                 "best_ratio_vs_raw_aiohttp": round(clients["raw_aiohttp"]["seconds"] / floor_s, 3),
             }

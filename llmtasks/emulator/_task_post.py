@@ -31,7 +31,6 @@ from llmtasks.emulator._wire import Reply
 
 _WIRE_LIST: Final = msgspec.json.Decoder(list[WireTask])
 _ANY_LIST: Final = msgspec.json.Decoder(list[Any])
-_ANY: Final = msgspec.json.Decoder()
 _ENCODE: Final = w.encoder.encode
 _DATA_PREFIX: Final = {se: w.data_prefix(se) for se in CATALOGUE}
 _POST_PATH: Final = {
